@@ -1,0 +1,125 @@
+"""Timing that can be trusted on a noisy laptop: warm-up, many repeats, the median, and ratios
+measured side by side in one run (never a timing compared against a number from another day).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one function over ``len(times)`` repeats."""
+
+    name: str
+    times: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def median_ms(self) -> float:
+        return self.median * 1e3
+
+
+def _check_counts(warmup: int, repeat: int) -> None:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
+
+
+def _time_once(fn: Callable[[], object], sync: Callable[[], None] | None) -> float:
+    start = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()  # wait for asynchronous devices (e.g. torch.cuda.synchronize) before stopping
+    return time.perf_counter() - start
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    name: str = "fn",
+    warmup: int = 3,
+    repeat: int = 10,
+    sync: Callable[[], None] | None = None,
+) -> Timing:
+    """Call ``fn()`` ``warmup`` times untimed, then time ``repeat`` calls.
+
+    ``sync`` runs after each call inside the timed region; pass the device's synchronise function
+    for GPU work, whose calls return before the work is done.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _check_counts(warmup, repeat)
+    for _ in range(warmup):
+        fn()
+    if sync is not None:
+        sync()
+    return Timing(name, tuple(_time_once(fn, sync) for _ in range(repeat)))
+
+
+def compare(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int = 3,
+    repeat: int = 10,
+    sync: Callable[[], None] | None = None,
+) -> list[Timing]:
+    """Time several functions side by side: repeats are interleaved (a, b, c, a, b, c, ...), so a
+    burst of load from elsewhere slows every candidate alike and the ratios stay fair.
+    """
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise ValueError("candidates must be a non-empty mapping of name -> callable")
+    for name, fn in candidates.items():
+        if not callable(fn):
+            raise TypeError(f"candidates[{name!r}] must be callable, got {type(fn).__name__}")
+    _check_counts(warmup, repeat)
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    if sync is not None:
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeat):
+        for name, fn in candidates.items():
+            times[name].append(_time_once(fn, sync))
+    return [Timing(name, tuple(values)) for name, values in times.items()]
+
+
+def ratio_table(timings: list[Timing], baseline: str | None = None) -> str:
+    """Format timings as a table with each one's speed-up over ``baseline`` (default: the first).
+
+    A speed-up above 1 means faster than the baseline.
+    """
+    if not timings:
+        raise ValueError("timings must not be empty")
+    names = [t.name for t in timings]
+    base_name = names[0] if baseline is None else baseline
+    if base_name not in names:
+        raise ValueError(f"baseline must be one of {names}, got {base_name!r}")
+    base = timings[names.index(base_name)].median
+    width = max(len("variant"), *(len(n) for n in names))
+    lines = [f"{'variant':<{width}}  {'median':>12}  {'speed-up vs ' + base_name:>{14 + len(base_name)}}"]
+    for t in timings:
+        lines.append(
+            f"{t.name:<{width}}  {_human(t.median):>12}  {base / t.median:>{13 + len(base_name)}.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.1f} us"

@@ -1,0 +1,184 @@
+"""Where code runs and how repeatably: device choice, seeding, fast mode and CPU threads.
+
+Every notebook's first cells call :func:`setup`, so a chapter behaves the same on a laptop CPU,
+under ``python -m course_lib run --fast``, under nbval in CI, and on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def fast_mode() -> bool:
+    """Whether the environment asks for the small, quick configuration (``COURSE_FAST=1``).
+
+    nbval cannot pass papermill parameters, so notebooks read their default ``FAST`` from here.
+    """
+    raw = os.environ.get("COURSE_FAST", "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"COURSE_FAST must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def get_device(preference: str | torch.device = "auto") -> torch.device:
+    """Return the device to compute on: the best available for ``"auto"`` (cuda > mps > cpu),
+    else the one named, which must exist here.
+
+    Raises ``ValueError`` naming the device when it is not available, instead of failing later
+    with a less helpful error on the first tensor moved there.
+    """
+    if isinstance(preference, torch.device):
+        preference = str(preference)
+    if not isinstance(preference, str):
+        raise TypeError(
+            f"preference must be a str or torch.device, got {type(preference).__name__}"
+        )
+    name = preference.strip().lower()
+    if name == "auto":
+        if _cuda_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"preference must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {preference!r}"
+        ) from error
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not _cuda_available():
+            raise ValueError(
+                f"preference={preference!r} but CUDA is not available on this machine "
+                "(use 'auto' or 'cpu')"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"preference={preference!r} but only {count} CUDA device(s) exist "
+                f"(indices 0..{count - 1})"
+            )
+        return device
+    if device.type == "mps":
+        if not _mps_available():
+            raise ValueError(
+                f"preference={preference!r} but Apple MPS is not available on this machine "
+                "(use 'auto' or 'cpu')"
+            )
+        return device
+    raise ValueError(f"preference must be 'auto', 'cpu', 'cuda' or 'mps', got {preference!r}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (all CUDA devices included).
+
+    The same seed then gives the same random tensors, shuffles and initial weights on a given
+    machine and library version.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+    torch.manual_seed(int(seed))  # also seeds every CUDA device
+
+
+def default_threads() -> int:
+    """How many CPU threads PyTorch should use here: ``COURSE_THREADS`` if set, else all usable
+    cores but one (at least one).
+
+    Leaving a core free matters most on small machines: on 2 cores, with a second process busy
+    (the Jupyter server, pytest, a load client), 2 OpenMP threads ran 2x slower than 1
+    (``benchmarks/threads.py``), while on a quiet machine they gain under 2x.
+    """
+    raw = os.environ.get("COURSE_THREADS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"COURSE_THREADS must be a positive integer, got {raw!r}")
+        return int(raw)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op CPU threads (``None``: :func:`default_threads`); return the number."""
+    if threads is None:
+        threads = default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+@dataclass(frozen=True)
+class Session:
+    """What :func:`setup` chose, so a notebook can print it and pass ``device`` on."""
+
+    device: torch.device
+    seed: int
+    threads: int
+    fast: bool
+
+    def __str__(self) -> str:
+        mode = "fast" if self.fast else "full"
+        return (
+            f"torch {torch.__version__} | device {self.device} | threads {self.threads} "
+            f"| seed {self.seed} | {mode} mode"
+        )
+
+
+def setup(
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    fast: bool | None = None,
+    verbose: bool = True,
+) -> Session:
+    """One call for a notebook's first cell: choose the device, seed everything, set threads.
+
+    ``fast`` only records the mode (it defaults to :func:`fast_mode`); the notebook's own
+    ``FAST`` parameter decides the sizes. Prints one summary line unless ``verbose=False``.
+    """
+    session = Session(
+        device=get_device(device),
+        seed=seed,
+        threads=set_threads(threads),
+        fast=fast_mode() if fast is None else bool(fast),
+    )
+    seed_everything(seed)
+    if verbose:
+        print(session)
+    return session
+
+
+def describe_device(device: torch.device) -> str:
+    """A human description: ``cpu``, or the GPU's name and memory."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return str(device)
