@@ -1,0 +1,302 @@
+"""Check functions for the exercises: each runs the learner's object against a reference on
+fixed-seed random inputs and edge cases, and prints exactly one deterministic line.
+
+``Exercise 1.2 passed`` or ``Exercise 1.2 failed: <what is wrong>`` (or ``not yet solved`` while
+the stub still raises ``NotImplementedError``). The lines never contain random numbers, so a
+notebook's stored check output can be compared by nbval and by the grader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.autograd import Value
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """An exercise's stable id ("chapter.number"), short title and points."""
+
+    id: str
+    title: str
+    points: int = 1
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+class CheckFailed(Exception):
+    """Raised inside a check to report what is wrong, in words a learner can act on."""
+
+
+def _exercise(exercise_id: str, title: str, points: int = 1):
+    """Register a check under its exercise, and wrap it so it prints one verdict line."""
+
+    def wrap(check: Callable[[Any], None]) -> Callable[[Any], None]:
+        EXERCISES[exercise_id] = Exercise(exercise_id, title, points)
+
+        def run(candidate: Any) -> None:
+            print(verdict(exercise_id, check, candidate))
+
+        run.__name__ = check.__name__
+        run.__doc__ = check.__doc__
+        run.exercise = EXERCISES[exercise_id]  # type: ignore[attr-defined]
+        return run
+
+    return wrap
+
+
+def verdict(exercise_id: str, check: Callable[[Any], None], candidate: Any) -> str:
+    """Run ``check(candidate)`` and turn its outcome into the exercise's one-line verdict."""
+    name = f"Exercise {exercise_id}"
+    try:
+        check(candidate)
+    except NotImplementedError:
+        return f"{name} not yet solved: replace the `raise NotImplementedError` with your code"
+    except CheckFailed as failure:
+        return f"{name} failed: {failure}"
+    except Exception as error:  # the learner's code raised: say what, first line only
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"{name} failed: your code raised {type(error).__name__}" + (
+            f": {message}" if message else ""
+        )
+    return f"{name} passed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the checks
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def _call(fn: Callable[..., Any], *args: torch.Tensor) -> Any:
+    """Call the learner's function and fail if it modified any of its tensor inputs in place."""
+    if not callable(fn):
+        raise CheckFailed(f"expected a function, got {type(fn).__name__}")
+    copies = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+    out = fn(*args)
+    for i, (arg, copy) in enumerate(zip(args, copies)):
+        if copy is not None and not torch.equal(arg, copy):
+            raise CheckFailed(f"argument {i + 1} was modified in place; leave inputs unchanged")
+    return out
+
+
+def _expect_tensor(
+    got: Any,
+    expected: torch.Tensor,
+    case: str,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Fail with a message naming the case unless ``got`` matches ``expected`` in type, shape,
+    dtype and values (NaN only where the reference has NaN)."""
+    if not isinstance(got, torch.Tensor):
+        raise CheckFailed(f"{case}: expected a torch.Tensor, got {type(got).__name__}")
+    if got.shape != expected.shape:
+        raise CheckFailed(f"{case}: output shape {_shape(got)} ≠ expected {_shape(expected)}")
+    if got.dtype != expected.dtype:
+        raise CheckFailed(f"{case}: output dtype {got.dtype} ≠ expected {expected.dtype}")
+    if torch.isnan(got).any() and not torch.isnan(expected).any():
+        raise CheckFailed(f"{case}: output contains NaN")
+    if not torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
+        raise CheckFailed(f"{case}: values differ from the reference")
+
+
+def _expect_number(got: Any, expected: float, case: str, atol: float, rtol: float = 0.0) -> None:
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise CheckFailed(f"{case}: expected a number, got {type(got).__name__}")
+    if not math.isclose(got, expected, abs_tol=atol, rel_tol=rtol):
+        raise CheckFailed(f"{case}: value differs from the reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 00: setup
+
+
+@_exercise("0.1", "a list of numbers as a float32 tensor")
+def check_to_float_tensor(to_float_tensor: Callable[[list], torch.Tensor]) -> None:
+    """``to_float_tensor(values)`` returns a 1-D float32 tensor holding the numbers in order."""
+    for values in ([1, 2, 3], [0.5, -1.25], [7], []):
+        expected = torch.tensor(values, dtype=torch.float32)
+        _expect_tensor(_call(to_float_tensor, values), expected, f"for {values}")
+
+
+@_exercise("0.2", "count trainable parameters")
+def check_count_parameters(count_parameters: Callable[[nn.Module], int]) -> None:
+    """``count_parameters(model)`` counts the elements of the parameters that require grad."""
+    frozen = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    frozen[0].weight.requires_grad_(False)
+    cases = {
+        "nn.Linear(3, 4)": nn.Linear(3, 4),
+        "nn.Linear(3, 4, bias=False)": nn.Linear(3, 4, bias=False),
+        "an MLP 8 -> 16 -> 2": nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        "a model with a frozen embedding": frozen,
+        "nn.ReLU() (no parameters)": nn.ReLU(),
+    }
+    for name, model in cases.items():
+        expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        got = count_parameters(model)
+        if isinstance(got, bool) or not isinstance(got, int):
+            raise CheckFailed(f"for {name}: expected an int, got {type(got).__name__}")
+        if got != expected:
+            raise CheckFailed(f"for {name}: got {got} ≠ expected {expected}")
+
+
+@_exercise("0.3", "reproducible random numbers")
+def check_reproducible_randn(reproducible_randn: Callable[[int, tuple], torch.Tensor]) -> None:
+    """``reproducible_randn(seed, shape)`` seeds torch, then draws ``torch.randn(shape)``."""
+    for seed, shape in ((0, (3,)), (42, (2, 5)), (7, (4, 1, 2))):
+        torch.manual_seed(seed)
+        expected = torch.randn(shape)
+        torch.manual_seed(seed + 1)  # a different state first: the function must seed itself
+        _expect_tensor(_call(reproducible_randn, seed, shape), expected, f"seed {seed}, shape {shape}")
+    if torch.equal(reproducible_randn(1, (8,)), reproducible_randn(2, (8,))):
+        raise CheckFailed("seeds 1 and 2 gave the same numbers: use the seed argument")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 01: tensors
+
+
+def _random_shapes() -> Iterator[tuple[int, int]]:
+    yield from ((1, 1), (3, 5), (7, 2), (4, 4))
+
+
+@_exercise("1.1", "normalise each row to unit length")
+def check_normalize_rows(normalize_rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``normalize_rows(x)`` divides each row of a 2-D tensor by its L2 norm; zero rows stay zero."""
+    g = _generator(11)
+    for rows, cols in _random_shapes():
+        x = torch.randn(rows, cols, generator=g) * 3
+        _expect_tensor(_call(normalize_rows, x), F.normalize(x, dim=1), f"x of shape {(rows, cols)}")
+    x = torch.randn(3, 4, generator=g)
+    x[1] = 0
+    _expect_tensor(
+        _call(normalize_rows, x), F.normalize(x, dim=1), "x with a row of zeros (it must stay zero)"
+    )
+
+
+@_exercise("1.2", "pairwise squared distances by broadcasting")
+def check_pairwise_sq_distances(
+    pairwise_sq_distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """``pairwise_sq_distances(x, y)``: x (N, D), y (M, D) -> (N, M) squared Euclidean distances."""
+    g = _generator(12)
+    for n, m, d in ((1, 1, 1), (4, 3, 2), (2, 6, 5), (5, 5, 3)):
+        x, y = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+        expected = torch.cdist(x, y) ** 2
+        _expect_tensor(
+            _call(pairwise_sq_distances, x, y),
+            expected,
+            f"x of shape {(n, d)}, y of shape {(m, d)}",
+            atol=1e-4,
+        )
+
+
+@_exercise("1.3", "mean over the masked positions")
+def check_masked_mean(masked_mean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``masked_mean(x, mask)``: x (B, T), bool mask (B, T) -> (B,) mean of the kept entries,
+    0 for a row whose mask is all False."""
+    g = _generator(13)
+    for b, t in ((1, 1), (3, 5), (4, 2)):
+        x = torch.randn(b, t, generator=g)
+        mask = torch.rand(b, t, generator=g) > 0.4
+        mask[:, 0] = True
+        expected = (x * mask).sum(1) / mask.sum(1)
+        _expect_tensor(_call(masked_mean, x, mask), expected, f"x of shape {(b, t)}")
+    x = torch.randn(2, 3, generator=g)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    expected = torch.stack([(x[0, 0] + x[0, 2]) / 2, torch.tensor(0.0)])
+    _expect_tensor(_call(masked_mean, x, mask), expected, "a row with no kept entry (must give 0)")
+
+
+@_exercise("1.4", "batched dot products with einsum")
+def check_batched_scores(batched_scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``batched_scores(q, k)``: q (B, Tq, D), k (B, Tk, D) -> (B, Tq, Tk), q @ kᵀ per batch."""
+    g = _generator(14)
+    for b, tq, tk, d in ((1, 1, 1, 1), (2, 3, 4, 5), (3, 4, 2, 8)):
+        q, k = torch.randn(b, tq, d, generator=g), torch.randn(b, tk, d, generator=g)
+        _expect_tensor(
+            _call(batched_scores, q, k),
+            torch.bmm(q, k.transpose(1, 2)),
+            f"q of shape {(b, tq, d)}, k of shape {(b, tk, d)}",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 02: autograd
+
+
+@_exercise("2.1", "a derivative with torch.autograd.grad")
+def check_derivative_at(derivative_at: Callable[[Callable, float], float]) -> None:
+    """``derivative_at(f, x)`` returns f'(x) as a float, computed by torch's autograd."""
+    cases = (
+        ("x**3 + 2*x at 2.0", lambda t: t**3 + 2 * t, 2.0, 14.0),
+        ("sin(x) at 0.5", torch.sin, 0.5, math.cos(0.5)),
+        ("exp(-x**2) at 1.0", lambda t: torch.exp(-(t**2)), 1.0, -2 * math.exp(-1.0)),
+        ("a constant 3 at 1.0", lambda t: t * 0 + 3, 1.0, 0.0),
+    )
+    for name, f, x, expected in cases:
+        _expect_number(derivative_at(f, x), expected, f"d/dx {name}", atol=1e-5, rtol=1e-5)
+
+
+@_exercise("2.2", "sigmoid from the engine's operations")
+def check_sigmoid(sigmoid: Callable[[Value], Value]) -> None:
+    """``sigmoid(v)`` builds 1 / (1 + exp(-v)) from Value operations, so gradients flow."""
+    for x in (-3.0, -0.5, 0.0, 0.7, 4.0):
+        v = Value(x)
+        out = sigmoid(v)
+        if not isinstance(out, Value):
+            raise CheckFailed(f"at x={x}: expected a Value, got {type(out).__name__}")
+        out.backward()
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        ref = torch.sigmoid(t)
+        ref.backward()
+        _expect_number(out.data, ref.item(), f"sigmoid value at x={x}", atol=1e-9)
+        if v.grad == 0.0 and t.grad.item() != 0.0:
+            raise CheckFailed(
+                f"at x={x}: no gradient reached the input; build the result from Value operations"
+            )
+        _expect_number(v.grad, t.grad.item(), f"gradient at x={x}", atol=1e-9)
+
+
+@_exercise("2.3", "central finite differences")
+def check_central_difference(central_difference: Callable[[Callable, float, float], float]) -> None:
+    """``central_difference(f, x, eps)`` = (f(x + eps) - f(x - eps)) / (2 eps)."""
+    cases = (
+        ("exp at 1.0", math.exp, 1.0, math.exp(1.0)),
+        ("x**3 at -2.0", lambda x: x**3, -2.0, 12.0),
+        ("sin at 0.3", math.sin, 0.3, math.cos(0.3)),
+    )
+    for name, f, x, expected in cases:
+        # With eps = 1e-3 central differences are within ~1e-6; forward differences are ~1e-3 off.
+        _expect_number(central_difference(f, x, 1e-3), expected, f"{name} with eps=1e-3", atol=1e-5)
+
+
+@_exercise("2.4", "the backward pass of a custom autograd Function")
+def check_silu_function(silu_function: type) -> None:
+    """``SiLU``, a ``torch.autograd.Function`` whose backward returns grad * d/dx [x·sigmoid(x)]."""
+    if not (isinstance(silu_function, type) and issubclass(silu_function, torch.autograd.Function)):
+        raise CheckFailed("expected a subclass of torch.autograd.Function")
+    g = _generator(24)
+    for shape in ((5,), (3, 4)):
+        x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+        upstream = torch.randn(shape, generator=g, dtype=torch.float64)
+        (grad,) = torch.autograd.grad(silu_function.apply(x), x, upstream)
+        (expected,) = torch.autograd.grad(F.silu(x), x, upstream)
+        _expect_tensor(grad, expected, f"gradient for x of shape {shape}", atol=1e-10)

@@ -1,0 +1,171 @@
+"""Each check passes the reference solution, fails a plausible mistake with a useful message, and
+reports an untouched stub as not yet solved."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import grading
+from course_lib.autograd import Value
+
+
+def _stub(*args):
+    raise NotImplementedError("Exercise")
+
+
+class _SiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * s * (1 + x * (1 - s))
+
+
+class _SiLUWrong(_SiLU):
+    @staticmethod
+    def backward(ctx, grad):  # forgets the product rule: d/dx x*s(x) is not s(x)
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)
+
+
+def _normalize_in_place(x):
+    x /= x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x
+
+
+# exercise id -> (check, correct solution, [(plausible wrong solution, expected message part)])
+CASES = {
+    "0.1": (
+        grading.check_to_float_tensor,
+        lambda v: torch.tensor(v).float(),
+        [(lambda v: torch.tensor(v), "dtype"), (lambda v: list(v), "expected a torch.Tensor")],
+    ),
+    "0.2": (
+        grading.check_count_parameters,
+        lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
+        [(lambda m: sum(p.numel() for p in m.parameters()), "frozen embedding: got 50 ≠ expected 10"),
+         (lambda m: len(list(m.parameters())), "got 2 ≠ expected 16")],
+    ),
+    "0.3": (
+        grading.check_reproducible_randn,
+        lambda seed, shape: torch.manual_seed(seed) and torch.randn(shape),
+        [(lambda seed, shape: torch.randn(shape), "values differ"),
+         (lambda seed, shape: torch.manual_seed(0) and torch.randn(shape), "seed 42")],
+    ),
+    "1.1": (
+        grading.check_normalize_rows,
+        lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12),
+        [(lambda x: x / x.norm(dim=0, keepdim=True).clamp_min(1e-12), "values differ"),
+         (lambda x: x / x.norm(dim=1, keepdim=True), "row of zeros (it must stay zero): output contains NaN"),
+         (_normalize_in_place, "modified in place")],
+    ),
+    "1.2": (
+        grading.check_pairwise_sq_distances,
+        lambda x, y: ((x[:, None] - y[None]) ** 2).sum(-1),
+        [(lambda x, y: ((x[None] - y[:, None]) ** 2).sum(-1), "output shape (3, 4) ≠ expected (4, 3)"),
+         (lambda x, y: ((x[:, None] - y[None]) ** 2).sum(-1).sqrt(), "values differ")],
+    ),
+    "1.3": (
+        grading.check_masked_mean,
+        lambda x, m: (x * m).sum(1) / m.sum(1).clamp_min(1),
+        [(lambda x, m: (x * m).mean(1), "values differ"),
+         (lambda x, m: (x * m).sum(1) / m.sum(1), "no kept entry (must give 0): output contains NaN")],
+    ),
+    "1.4": (
+        grading.check_batched_scores,
+        lambda q, k: torch.einsum("bqd,bkd->bqk", q, k),
+        [(lambda q, k: torch.einsum("bqd,bkd->bkq", q, k), "output shape (2, 4, 3) ≠ expected (2, 3, 4)"),
+         (lambda q, k: torch.einsum("bqd,bkd->bqk", q, k) / q.shape[-1] ** 0.5, "values differ")],
+    ),
+    "2.1": (
+        grading.check_derivative_at,
+        lambda f, x: torch.func.grad(f)(torch.tensor(float(x))).item(),
+        [(lambda f, x: f(torch.tensor(float(x))).item(), "d/dx x**3 + 2*x at 2.0: value differs"),
+         (lambda f, x: "14", "expected a number, got str")],
+    ),
+    "2.2": (
+        grading.check_sigmoid,
+        lambda v: 1 / (1 + (-v).exp()),
+        [(lambda v: Value(1 / (1 + math.exp(-v.data))), "no gradient reached the input"),
+         (lambda v: 1 / (1 + v.exp()), "sigmoid value at x=-3.0: value differs")],
+    ),
+    "2.3": (
+        grading.check_central_difference,
+        lambda f, x, eps: (f(x + eps) - f(x - eps)) / (2 * eps),
+        [(lambda f, x, eps: (f(x + eps) - f(x)) / eps, "exp at 1.0 with eps=1e-3: value differs"),
+         (lambda f, x, eps: (f(x + eps) - f(x - eps)) / eps, "value differs")],
+    ),
+    "2.4": (
+        grading.check_silu_function,
+        _SiLU,
+        [(_SiLUWrong, "gradient for x of shape (5,): values differ"),
+         (F.silu, "expected a subclass of torch.autograd.Function")],
+    ),
+}
+
+
+def test_every_registered_exercise_is_tested_here():
+    assert set(CASES) == set(grading.EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", CASES)
+def test_reference_solution_passes(exercise, capsys):
+    check, solution, _ = CASES[exercise]
+    check(solution)
+    assert capsys.readouterr().out == f"Exercise {exercise} passed\n"
+
+
+@pytest.mark.parametrize("exercise", CASES)
+def test_plausible_mistakes_fail_with_a_reason(exercise, capsys):
+    check, _, mistakes = CASES[exercise]
+    for wrong, reason in mistakes:
+        check(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith(f"Exercise {exercise} failed: ") and out.count("\n") == 1, out
+        assert reason in out, out
+
+
+@pytest.mark.parametrize("exercise", CASES)
+def test_untouched_stub_is_not_yet_solved(exercise, capsys):
+    check = CASES[exercise][0]
+    stub = type("Stub", (_SiLU,), {"backward": staticmethod(_stub)}) if exercise == "2.4" else _stub
+    check(stub)
+    assert capsys.readouterr().out.startswith(f"Exercise {exercise} not yet solved")
+
+
+def test_a_crash_in_learner_code_is_reported_by_type_and_first_line(capsys):
+    def crashes(x, y):
+        raise IndexError("index 5 is out of bounds\nsecond line")
+
+    grading.check_pairwise_sq_distances(crashes)
+    assert capsys.readouterr().out == (
+        "Exercise 1.2 failed: your code raised IndexError: index 5 is out of bounds\n"
+    )
+
+
+def test_verdicts_are_deterministic(capsys):
+    grading.check_masked_mean(lambda x, m: (x * m).mean(1))
+    first = capsys.readouterr().out
+    torch.manual_seed(999)
+    grading.check_masked_mean(lambda x, m: (x * m).mean(1))
+    assert capsys.readouterr().out == first
+
+
+def test_checks_do_not_consume_the_global_random_state():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    grading.check_normalize_rows(lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_exercises_have_titles_and_points():
+    for exercise_id, exercise in grading.EXERCISES.items():
+        assert exercise.id == exercise_id and exercise.title and exercise.points >= 1
