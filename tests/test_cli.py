@@ -1,0 +1,103 @@
+"""The command line: `run` executes notebooks headless and reports failures; `doctor` checks the
+environment."""
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from course_lib import doctor
+from course_lib.__main__ import main
+from course_lib.runner import find_notebooks, parse_value
+
+
+def _notebook(path, *sources, parameters=None):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if parameters is not None:
+        nb.cells.append(nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}))
+    nb.cells.extend(nbformat.v4.new_code_cell(source) for source in sources)
+    nbformat.write(nb, path)
+    return path
+
+
+def _course(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "course_lib", *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+    )
+
+
+@pytest.mark.slow
+def test_run_reports_the_failing_cell_keeps_going_and_exits_nonzero(tmp_path):
+    broken = _notebook(
+        tmp_path / "broken.ipynb",
+        "x = 1",
+        "ratio = x / 0  # the failing cell",
+        "print('never reached')",
+    )
+    fine = _notebook(
+        tmp_path / "fine.ipynb",
+        "import os\nprint(f'FAST={FAST} EPOCHS={EPOCHS} env={os.environ.get(\"COURSE_FAST\")}')",
+        parameters="FAST = False\nEPOCHS = 1",
+    )
+    out = tmp_path / "out"
+    result = _course("run", str(broken), str(fine), "--fast", "-p", "EPOCHS", "3", "--out", str(out))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "broken.ipynb  FAILED" in result.stdout
+    assert "fine.ipynb    OK" in result.stdout
+    assert "1 of 2 notebooks OK" in result.stdout
+    assert "ratio = x / 0  # the failing cell" in result.stdout
+    assert "ZeroDivisionError" in result.stdout
+    executed = nbformat.read(out / "fine.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "FAST=True EPOCHS=3 env=1" in printed
+
+
+@pytest.mark.slow
+def test_run_exits_zero_when_every_notebook_passes(tmp_path):
+    nb = _notebook(tmp_path / "ok.ipynb", "print(2 + 2)", parameters="FAST = False")
+    result = _course("run", str(nb), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 of 1 notebooks OK" in result.stdout
+
+
+def test_run_rejects_an_unknown_chapter(capsys):
+    assert main(["run", "99_nothing"]) == 2
+    assert "no notebook matches '99_nothing'; chapters are: 00_setup" in capsys.readouterr().err
+
+
+def test_chapters_resolve_by_number_name_or_path():
+    everything = find_notebooks()
+    assert [p.name for p in everything][:3] == ["00_setup.ipynb", "01_tensors.ipynb", "02_autograd.ipynb"]
+    assert find_notebooks(["01"]) == [everything[1]]
+    assert find_notebooks(["02_autograd"]) == [everything[2]]
+    assert find_notebooks([str(everything[0])]) == [everything[0].resolve()]
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("3", 3), ("0.5", 0.5), ("True", True), ("None", None), ("[1, 2]", [1, 2]), ("cuda", "cuda"),
+     ("bert-base-uncased", "bert-base-uncased")],
+)
+def test_parameter_values_are_read_as_literals_or_strings(text, value):
+    assert parse_value(text) == value
+
+
+def test_doctor_flags_wrong_and_missing_versions(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("torch==0.0.1\nnumpy==" + __import__("numpy").__version__ + "\nno-such-package==1.0\n")
+    checks = {c.what: c for c in doctor.check_pins(requirements)}
+    assert checks["torch"].status == "FAIL" and "0.0.1 pinned" in checks["torch"].detail
+    assert checks["numpy"].status == "OK"
+    assert checks["no-such-package"].status == "FAIL" and "not installed" in checks["no-such-package"].detail
+
+
+@pytest.mark.slow
+def test_doctor_passes_in_the_pinned_environment():
+    result = _course("doctor")
+    assert result.returncode == 0, result.stdout
+    assert "OK    torch: 2.13.0" in result.stdout
+    assert "OK    device: cpu" in result.stdout or "OK    device: cuda" in result.stdout
