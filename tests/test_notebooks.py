@@ -1,0 +1,82 @@
+"""The course's notebook conventions, and proof that nbval really compares check outputs.
+
+(pytest also executes every notebook in notebooks/ through nbval; see pyproject.toml.)
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib import grading
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHECK_CALL = re.compile(r"grading\.(check_\w+)\(")
+
+
+def _code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def _text(cell):
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_the_first_chapters_exist():
+    assert [p.stem[:2] for p in NOTEBOOKS][:3] == ["00", "01", "02"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_is_the_parameters_cell(path):
+    first = _code_cells(path)[0]
+    assert "parameters" in first.metadata.get("tags", []), "papermill needs a cell tagged 'parameters'"
+    for name in ("FAST", "DEVICE", "SEED"):
+        assert re.search(rf"^{name} = ", first.source, re.M), f"parameters cell must define {name}"
+    assert "fast_mode()" in first.source, "FAST must default from COURSE_FAST via fast_mode()"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_have_checks_with_stored_passing_outputs(path):
+    cells = _code_cells(path)
+    solutions = sum(c.source.count("### BEGIN SOLUTION") for c in cells)
+    assert solutions == sum(c.source.count("### END SOLUTION") for c in cells)
+    checks = [c for c in cells if CHECK_CALL.search(c.source)]
+    assert len(checks) >= 3, "each chapter has at least three exercises"
+    for cell in checks:
+        check = CHECK_CALL.search(cell.source).group(1)
+        exercise = getattr(grading, check).exercise.id
+        assert cell.source.startswith("# NBVAL_CHECK_OUTPUT"), f"{check}: mark it for nbval"
+        assert _text(cell) == f"Exercise {exercise} passed\n", f"{check}: stored output must be the pass line"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_outputs_hold_no_errors_or_warnings(path):
+    for cell in _code_cells(path):
+        for output in cell.outputs:
+            assert output.output_type != "error", f"stored error in: {cell.source[:60]!r}"
+            assert not (output.output_type == "stream" and output.name == "stderr"), (
+                f"stderr noise a learner would see in: {cell.source[:60]!r}: {output.text[:200]!r}"
+            )
+
+
+@pytest.mark.slow
+def test_nbval_fails_when_a_stored_check_output_is_edited(tmp_path):
+    """If nbval did not compare, a notebook whose stored verdict was tampered with would pass."""
+    nb = nbformat.read(ROOT / "notebooks" / "00_setup.ipynb", as_version=4)
+    check = next(c for c in nb.cells if c.cell_type == "code" and "check_to_float_tensor" in c.source)
+    check.outputs[0]["text"] = "Exercise 0.1 failed: edited by hand\n"
+    tampered = tmp_path / "00_setup.ipynb"
+    nbformat.write(nb, tampered)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tampered), "-c", str(ROOT / "pyproject.toml"),
+         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-q"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "1 failed" in result.stdout
+    assert "Exercise 0.1 failed: edited by hand" in result.stdout
