@@ -1,4 +1,5 @@
-"""Command line: ``python -m course_lib run|doctor``. Thin: parses arguments, calls the modules."""
+"""Command line: ``python -m course_lib run|doctor|exercises|grade``. Thin: parses arguments and
+calls the modules that do the work."""
 
 from __future__ import annotations
 
@@ -39,6 +40,46 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _exercises(args: argparse.Namespace) -> int:
+    from course_lib.exercises import generate
+
+    problems = generate(check=args.check)
+    for problem in problems:
+        print(problem)
+    if args.check:
+        if problems:
+            print("exercises/ is out of date: run `python -m course_lib exercises`")
+            return 1
+        print("exercises/ is up to date")
+    else:
+        print("exercises/ written from notebooks/")
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from course_lib.exercises import grade, report, write_csv, write_junit
+
+    try:
+        results, errors = grade(args.submissions, timeout=args.timeout)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(report(result), end="\n\n")
+    if len(results) > 1:
+        earned, possible = sum(r.earned for r in results), sum(r.possible for r in results)
+        print(f"{len(results)} submissions graded: {earned}/{possible} points in all")
+    if args.csv:
+        write_csv(results, args.csv)
+        print(f"CSV written to {args.csv}")
+    if args.junit:
+        write_junit(results, args.junit)
+        print(f"JUnit XML written to {args.junit}")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 2 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check this environment: versions, device, model, memory")
     doctor.set_defaults(handler=_doctor)
+
+    exercises = commands.add_parser("exercises", help="write exercises/ from notebooks/ (solutions replaced by stubs)")
+    exercises.add_argument("--check", action="store_true", help="only check that exercises/ is up to date")
+    exercises.set_defaults(handler=_exercises)
+
+    grade = commands.add_parser("grade", help="grade exercise notebooks against the reference checks")
+    grade.add_argument("submissions", nargs="+", type=Path, help="submitted .ipynb files")
+    grade.add_argument("--csv", type=Path, help="write one row per (submission, exercise) here")
+    grade.add_argument("--junit", type=Path, help="write JUnit XML here")
+    grade.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per cell (default: 60)")
+    grade.set_defaults(handler=_grade)
     return parser
 
 

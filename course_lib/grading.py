@@ -9,7 +9,7 @@ notebook's stored check output can be compared by nbval and by the grader.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,25 +173,7 @@ def check_reproducible_randn(reproducible_randn: Callable[[int, tuple], torch.Te
 # Chapter 01: tensors
 
 
-def _random_shapes() -> Iterator[tuple[int, int]]:
-    yield from ((1, 1), (3, 5), (7, 2), (4, 4))
-
-
-@_exercise("1.1", "normalise each row to unit length")
-def check_normalize_rows(normalize_rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """``normalize_rows(x)`` divides each row of a 2-D tensor by its L2 norm; zero rows stay zero."""
-    g = _generator(11)
-    for rows, cols in _random_shapes():
-        x = torch.randn(rows, cols, generator=g) * 3
-        _expect_tensor(_call(normalize_rows, x), F.normalize(x, dim=1), f"x of shape {(rows, cols)}")
-    x = torch.randn(3, 4, generator=g)
-    x[1] = 0
-    _expect_tensor(
-        _call(normalize_rows, x), F.normalize(x, dim=1), "x with a row of zeros (it must stay zero)"
-    )
-
-
-@_exercise("1.2", "pairwise squared distances by broadcasting")
+@_exercise("1.1", "pairwise squared distances by broadcasting")
 def check_pairwise_sq_distances(
     pairwise_sq_distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
@@ -206,6 +188,20 @@ def check_pairwise_sq_distances(
             f"x of shape {(n, d)}, y of shape {(m, d)}",
             atol=1e-4,
         )
+
+
+@_exercise("1.2", "normalise each row to unit length")
+def check_normalize_rows(normalize_rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``normalize_rows(x)`` divides each row of a 2-D tensor by its L2 norm; zero rows stay zero."""
+    g = _generator(11)
+    for rows, cols in ((1, 1), (3, 5), (7, 2), (4, 4)):
+        x = torch.randn(rows, cols, generator=g) * 3
+        _expect_tensor(_call(normalize_rows, x), F.normalize(x, dim=1), f"x of shape {(rows, cols)}")
+    x = torch.randn(3, 4, generator=g)
+    x[1] = 0
+    _expect_tensor(
+        _call(normalize_rows, x), F.normalize(x, dim=1), "x with a row of zeros (it must stay zero)"
+    )
 
 
 @_exercise("1.3", "mean over the masked positions")
@@ -300,3 +296,6 @@ def check_silu_function(silu_function: type) -> None:
         (grad,) = torch.autograd.grad(silu_function.apply(x), x, upstream)
         (expected,) = torch.autograd.grad(F.silu(x), x, upstream)
         _expect_tensor(grad, expected, f"gradient for x of shape {shape}", atol=1e-10)
+    x = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    if not torch.autograd.gradcheck(silu_function.apply, (x,), raise_exception=False):
+        raise CheckFailed("torch.autograd.gradcheck disagrees with your backward")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
-import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from course_lib.runtime import temporary_environment
 
 
 def repo_root() -> Path:
@@ -74,20 +74,6 @@ class Result:
     error: str = ""
 
 
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _describe_failure(error: Exception) -> str:
     """The failing cell (its first source line) and the error, as a learner would want it."""
     from papermill.exceptions import PapermillExecutionError
@@ -126,7 +112,7 @@ def run_notebooks(
 
     results = []
     bar = tqdm(notebooks, desc="notebooks", unit="nb", leave=False)
-    with _environment(**env):
+    with temporary_environment(**env):
         for notebook in bar:
             bar.set_postfix_str(notebook.name)
             output = out_dir / notebook.name

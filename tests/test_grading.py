@@ -59,14 +59,14 @@ CASES = {
         [(lambda seed, shape: torch.randn(shape), "values differ"),
          (lambda seed, shape: torch.manual_seed(0) and torch.randn(shape), "seed 42")],
     ),
-    "1.1": (
+    "1.2": (
         grading.check_normalize_rows,
         lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12),
         [(lambda x: x / x.norm(dim=0, keepdim=True).clamp_min(1e-12), "values differ"),
          (lambda x: x / x.norm(dim=1, keepdim=True), "row of zeros (it must stay zero): output contains NaN"),
          (_normalize_in_place, "modified in place")],
     ),
-    "1.2": (
+    "1.1": (
         grading.check_pairwise_sq_distances,
         lambda x, y: ((x[:, None] - y[None]) ** 2).sum(-1),
         [(lambda x, y: ((x[None] - y[:, None]) ** 2).sum(-1), "output shape (3, 4) ≠ expected (4, 3)"),
@@ -146,7 +146,7 @@ def test_a_crash_in_learner_code_is_reported_by_type_and_first_line(capsys):
 
     grading.check_pairwise_sq_distances(crashes)
     assert capsys.readouterr().out == (
-        "Exercise 1.2 failed: your code raised IndexError: index 5 is out of bounds\n"
+        "Exercise 1.1 failed: your code raised IndexError: index 5 is out of bounds\n"
     )
 
 

@@ -1,0 +1,308 @@
+"""Exercise notebooks are generated, current and deterministic; the grader scores what the learner
+wrote and nothing a submission stores."""
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree
+
+import nbformat
+import pytest
+
+from course_lib import grading
+from course_lib.exercises import (
+    find_exercises,
+    generate,
+    make_exercise_notebook,
+    render,
+    strip_solutions,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+EXERCISES = ROOT / "exercises"
+EXERCISE = grading.Exercise("9.9", "a test exercise")
+
+
+def _grade(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "course_lib", "grade", *map(str, args)],
+        capture_output=True, text=True, timeout=600, cwd=cwd,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+
+
+def test_exercises_on_main_are_up_to_date():
+    assert generate(check=True) == []
+
+
+def test_check_reports_stale_missing_and_orphaned_files(tmp_path):
+    source, target = tmp_path / "notebooks", tmp_path / "exercises"
+    shutil.copytree(NOTEBOOKS, source)
+    shutil.copytree(EXERCISES, target)
+    assert generate(source, target, check=True) == []
+
+    nb = nbformat.read(source / "01_tensors.ipynb", as_version=4)
+    nb.cells[0].source += "\nAn edited sentence."
+    nbformat.write(nb, source / "01_tensors.ipynb")
+    (target / "00_setup.ipynb").unlink()
+    (target / "99_old.ipynb").write_text("{}")
+    assert generate(source, target, check=True) == [
+        "exercises/00_setup.ipynb is missing",
+        "exercises/01_tensors.ipynb is stale",
+        "exercises/99_old.ipynb has no source notebook in notebooks/",
+    ]
+    assert generate(source, target) == ["exercises/99_old.ipynb has no source notebook in notebooks/"]
+    (target / "99_old.ipynb").unlink()
+    assert generate(source, target, check=True) == []
+
+
+def test_generation_is_byte_for_byte_deterministic():
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        assert render(make_exercise_notebook(path)) == render(make_exercise_notebook(path))
+
+
+@pytest.mark.parametrize("path", sorted(EXERCISES.glob("*.ipynb")), ids=lambda p: p.name)
+def test_exercise_notebooks_hold_stubs_not_solutions(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["course"]["chapter"] == path.stem
+    roles = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert "### BEGIN SOLUTION" not in cell.source
+        meta = cell.metadata.get("course")
+        if meta is None:
+            assert cell.outputs == [] and cell.execution_count is None
+            continue
+        roles.setdefault(meta["exercise"], []).append(meta["role"])
+        assert meta["points"] == grading.EXERCISES[meta["exercise"]].points
+        if meta["role"] == "solution":
+            title = grading.EXERCISES[meta["exercise"]].title
+            assert f'raise NotImplementedError("Exercise {meta["exercise"]} — {title}")' in cell.source
+            assert "# YOUR CODE HERE" in cell.source
+            assert cell.outputs == []
+        else:
+            assert cell.outputs and cell.execution_count is not None  # nbval compares only run cells
+    assert len(roles) >= 3 and all(r[-1] == "check" and "solution" in r for r in roles.values())
+
+
+def test_strip_solutions_keeps_indentation_and_the_code_around():
+    source = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n\nz = 2"
+    assert strip_solutions(source, EXERCISE) == (
+        "def f(x):\n    y = 1\n    # YOUR CODE HERE\n"
+        '    raise NotImplementedError("Exercise 9.9 — a test exercise")\n\nz = 2'
+    )
+
+
+def test_strip_solutions_handles_several_regions():
+    source = "### BEGIN SOLUTION\na = 1\n### END SOLUTION\nb = 2\n### BEGIN SOLUTION\nc = 3\n### END SOLUTION"
+    assert strip_solutions(source, EXERCISE).count("raise NotImplementedError") == 2
+    assert "b = 2" in strip_solutions(source, EXERCISE)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("### BEGIN SOLUTION\nx = 1", "never closed"),
+        ("x = 1\n### END SOLUTION", "without"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "inside another"),
+    ],
+)
+def test_malformed_solution_regions_are_errors(source, message):
+    with pytest.raises(ValueError, match=message):
+        strip_solutions(source, EXERCISE)
+
+
+def test_a_solution_without_a_check_is_an_error():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    pass\n    ### END SOLUTION")]
+    with pytest.raises(ValueError, match="have no check cell after them"):
+        find_exercises(nb)
+    nb.cells.append(nbformat.v4.new_code_cell("grading.check_not_a_check(f)"))
+    with pytest.raises(ValueError, match="which is not a check"):
+        find_exercises(nb)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grader
+
+
+def _solutions(chapter):
+    """Exercise id -> the solution cell's source in the reference notebook."""
+    nb = nbformat.read(NOTEBOOKS / f"{chapter}.ipynb", as_version=4)
+    return {e.exercise.id: nb.cells[e.solution_cells[0]].source for e in find_exercises(nb)}
+
+
+def _submission(tmp_path, name, chapter="01_tensors", solve=(), replace=None, edit=None):
+    """An exercise notebook as a learner would hand it in: ``solve`` copies reference solutions
+    in, ``replace`` maps exercise id -> the learner's own cell, ``edit`` changes anything else."""
+    nb = nbformat.read(EXERCISES / f"{chapter}.ipynb", as_version=4)
+    solutions = _solutions(chapter)
+    for cell in nb.cells:
+        meta = cell.metadata.get("course", {})
+        if meta.get("role") == "solution":
+            if meta["exercise"] in solve:
+                cell.source = solutions[meta["exercise"]]
+            if replace and meta["exercise"] in replace:
+                cell.source = replace[meta["exercise"]]
+    if edit:
+        edit(nb)
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+def _points(stdout, submission):
+    """Exercise id -> (points earned, result) from the grader's table for one submission."""
+    block = stdout.split(f"{submission} — chapter ")[1].split("\ntotal:")[0]
+    rows = {}
+    for line in block.splitlines()[3:]:
+        parts = line.split()
+        earned = next(p for p in parts if "/" in p and p.split("/")[0].isdigit())
+        rows[parts[0]] = (int(earned.split("/")[0]), line.split(earned, 1)[1].strip())
+    return rows
+
+
+@pytest.mark.slow
+def test_unsolved_exercises_score_zero_and_solutions_full_marks(tmp_path):
+    unsolved = sorted(EXERCISES.glob("*.ipynb"))
+    solved = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    csv_path, junit_path = tmp_path / "grades.csv", tmp_path / "grades.xml"
+    result = _grade(*unsolved, *solved, "--csv", csv_path, "--junit", junit_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "note:" not in result.stdout, "a reference cell failed while grading:\n" + result.stdout
+    for path in unsolved:
+        rows = _points(result.stdout, path)
+        assert rows and all(points == 0 and "not yet solved" in why for points, why in rows.values()), rows
+    for path in solved:
+        rows = _points(result.stdout, path)
+        assert rows and all(points == 1 and why == "passed" for points, why in rows.values()), rows
+
+    with csv_path.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 2 * len(grading.EXERCISES)
+    assert {row["exercise"] for row in table} == set(grading.EXERCISES)
+    assert sum(int(row["points"]) for row in table) == len(grading.EXERCISES)
+    suites = ElementTree.parse(junit_path).getroot()
+    assert len(suites) == len(unsolved) + len(solved)
+    assert sum(int(s.get("failures")) for s in suites) == len(grading.EXERCISES)
+
+
+def _alternative_pairwise():
+    return (
+        "def pairwise_sq_distances(x, y):\n"
+        "    # expand |x - y|^2 = |x|^2 + |y|^2 - 2 x.y\n"
+        "    return (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T\n"
+    )
+
+
+def _strip_metadata(nb):
+    nb.metadata.pop("course")
+    for cell in nb.cells:
+        cell.metadata.pop("course", None)
+
+
+def _set_stored_outputs_to_passed(nb):
+    for cell in nb.cells:
+        meta = cell.metadata.get("course", {})
+        if meta.get("role") == "check":
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"Exercise {meta['exercise']} passed\n")]
+
+
+def _delete_check_cells(nb):
+    nb.cells = [c for c in nb.cells if c.metadata.get("course", {}).get("role") != "check"]
+
+
+def _alter_check_cells(nb):
+    for cell in nb.cells:
+        meta = cell.metadata.get("course", {})
+        if meta.get("role") == "check":
+            cell.source = f'print("Exercise {meta["exercise"]} passed")'
+
+
+CHEAT = (
+    "from course_lib import grading\n"
+    "grading.check_normalize_rows = lambda f: print('Exercise 1.2 passed')\n"
+    "def normalize_rows(x):\n"
+    "    raise NotImplementedError\n"
+)
+
+
+@pytest.mark.slow
+def test_the_grader_scores_the_code_not_the_stored_notebook(tmp_path):
+    everything = ("1.1", "1.2", "1.3", "1.4")
+    subs = {
+        "alternative": _submission(tmp_path, "alternative-01_tensors.ipynb", solve=everything,
+                                   replace={"1.1": _alternative_pairwise()}),
+        "wrong_axis": _submission(tmp_path, "wrong_axis-01_tensors.ipynb", solve=everything, replace={
+            "1.2": "def normalize_rows(x):\n    return x / x.norm(dim=0, keepdim=True).clamp_min(1e-12)\n"}),
+        "no_metadata": _submission(tmp_path, "bob-01_tensors.ipynb", solve=everything, edit=_strip_metadata),
+        "edited_outputs": _submission(tmp_path, "edited.ipynb", edit=_set_stored_outputs_to_passed),
+        "deleted_checks": _submission(tmp_path, "deleted.ipynb", solve=("1.1",), edit=_delete_check_cells),
+        "altered_checks": _submission(tmp_path, "altered.ipynb", edit=_alter_check_cells),
+        "cheat": _submission(tmp_path, "cheat.ipynb", replace={"1.2": CHEAT}),
+        "infinite_loop": _submission(tmp_path, "loop.ipynb", solve=everything, replace={
+            "1.3": "def masked_mean(x, mask):\n    while True:\n        pass\n"}),
+    }
+    result = _grade(*subs.values(), "--timeout", "8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    points = {name: _points(result.stdout, path) for name, path in subs.items()}
+
+    assert {k: v[0] for k, v in points["alternative"].items()} == dict.fromkeys(everything, 1)
+    assert points["wrong_axis"]["1.2"] == (0, "failed: x of shape (3, 5): values differ from the reference")
+    assert {k: v[0] for k, v in points["wrong_axis"].items() if k != "1.2"} == {"1.1": 1, "1.3": 1, "1.4": 1}
+    assert {k: v[0] for k, v in points["no_metadata"].items()} == dict.fromkeys(everything, 1)
+    for name in ("edited_outputs", "altered_checks"):
+        assert all(p == 0 and "not yet solved" in why for p, why in points[name].values()), points[name]
+    assert points["deleted_checks"]["1.1"][0] == 1
+    assert all(points["deleted_checks"][e][0] == 0 for e in ("1.2", "1.3", "1.4"))
+    assert points["cheat"]["1.2"][0] == 0 and "not yet solved" in points["cheat"]["1.2"][1]
+    assert points["infinite_loop"]["1.3"][0] == 0 and "timed out" in points["infinite_loop"]["1.3"][1]
+    assert {k: v[0] for k, v in points["infinite_loop"].items() if k != "1.3"} == {"1.1": 1, "1.2": 1, "1.4": 1}
+    assert "8 submissions graded" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("broken-01_tensors.ipynb", "this is not JSON", "not a readable Jupyter notebook"),
+        ("essay-01_tensors.ipynb", '{"title": "my essay"}', "not a readable Jupyter notebook"),
+        ("homework.ipynb", None, "cannot tell which chapter this is"),
+    ],
+)
+def test_unusable_input_is_a_clear_error_without_a_traceback(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        nbformat.write(nbformat.v4.new_notebook(), path)
+    else:
+        path.write_text(content)
+    result = _grade(path)
+    assert result.returncode == 2
+    assert message in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    result = _grade(tmp_path / "nothing.ipynb")
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(EXERCISES.glob("*.ipynb")), ids=lambda p: p.name)
+def test_an_unsolved_exercise_notebook_runs_top_to_bottom_without_errors(path):
+    """A learner's "Run All" must reach the end: checks report, they do not raise."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
+    verdicts = [o.text for c in nb.cells if "course" in c.metadata and c.metadata["course"]["role"] == "check"
+                for o in c.outputs if o.output_type == "stream"]
+    assert verdicts and all("not yet solved" in v for v in verdicts)
