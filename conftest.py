@@ -1,11 +1,13 @@
 """Test-session set-up shared by tests/ and the nbval notebook run.
 
 Notebook kernels inherit this process's environment, so setting COURSE_FAST here makes nbval run
-every chapter in its fast configuration (nbval cannot pass papermill parameters). An explicit
-``COURSE_FAST=0 pytest`` still runs the full configuration.
+every chapter in its fast configuration (nbval cannot pass papermill parameters), and
+COURSE_HEADLESS makes widgets draw static figures. An explicit ``COURSE_FAST=0 pytest`` still runs
+the full configuration.
 """
 
 import os
 
 os.environ.setdefault("COURSE_FAST", "1")
+os.environ.setdefault("COURSE_HEADLESS", "1")  # widgets draw static figures: nobody is watching
 os.environ.setdefault("MPLBACKEND", "Agg")  # tests draw figures without a display

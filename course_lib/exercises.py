@@ -390,7 +390,7 @@ def _run_nbval(paths: Sequence[Path], timeout: float, workdir: Path) -> tuple[di
     ]
     recorder = _Recorder()
     log = io.StringIO()
-    with temporary_environment(COURSE_FAST="1"), contextlib.redirect_stdout(log):
+    with temporary_environment(COURSE_FAST="1", COURSE_HEADLESS="1"), contextlib.redirect_stdout(log):
         pytest.main(args, plugins=[recorder])
     return recorder.outcomes, log.getvalue()
 

@@ -4,7 +4,7 @@ it, so a notebook can place several in one figure and end the cell with ``plt.sh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -28,8 +28,9 @@ def plot_function_and_derivative(
     x = torch.linspace(lo, hi, points, requires_grad=True)
     y = fn(x)
     (dy,) = torch.autograd.grad(y.sum(), x)
-    ax.plot(x.detach(), y.detach(), label=name)
-    ax.plot(x.detach(), dy, "--", label=f"d/dx {name}")
+    x, y, dy = x.detach().numpy(), y.detach().numpy(), dy.numpy()
+    ax.plot(x, y, label=name)
+    ax.plot(x, dy, "--", label=f"d/dx {name}")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("x")
@@ -77,4 +78,75 @@ def draw_graph(root: Value, ax: Axes | None = None) -> Axes:
     ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
     ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
     ax.axis("off")
+    return ax
+
+
+def plot_history(history: object, axes: Sequence[Axes] | None = None) -> Sequence[Axes]:
+    """Loss curves (train and validation) and validation accuracy per epoch, from a
+    ``course_lib.train.History``."""
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3.2))[1]
+    loss_ax, acc_ax = axes
+    loss_ax.plot(history.epoch, history.train_loss, "o-", label="train")
+    if history.val_loss:
+        loss_ax.plot(history.epoch, history.val_loss, "s-", label="validation")
+    if history.best_epoch is not None:
+        loss_ax.axvline(history.best_epoch, color="grey", ls=":", label="best epoch")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    if history.val_accuracy:
+        acc_ax.plot(history.epoch, history.val_accuracy, "s-", color="tab:green")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("validation accuracy")
+    return axes
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor, labels: Sequence[str] | None = None, ax: Axes | None = None
+) -> Axes:
+    """A confusion matrix (rows: true class, columns: predicted) as a heatmap with counts."""
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be square (C, C), got shape {tuple(matrix.shape)}")
+    n = matrix.shape[0]
+    labels = list(labels) if labels is not None else [str(i) for i in range(n)]
+    if len(labels) != n:
+        raise ValueError(f"labels must have {n} entries, got {len(labels)}")
+    ax = ax if ax is not None else plt.subplots(figsize=(0.5 * n + 2, 0.5 * n + 1.5))[1]
+    ax.imshow(matrix.cpu().numpy(), cmap="Blues")
+    high = matrix.max().item() / 2
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix[i, j])
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                    color="white" if value > high else "black")
+    ax.set_xticks(range(n), labels)
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return ax
+
+
+def plot_attention(
+    weights: torch.Tensor,
+    query_tokens: Sequence[str],
+    key_tokens: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """One head's attention weights (Tq, Tk) as a heatmap: row i shows where query i looks."""
+    key_tokens = query_tokens if key_tokens is None else key_tokens
+    if weights.shape != (len(query_tokens), len(key_tokens)):
+        raise ValueError(
+            f"weights must have shape ({len(query_tokens)}, {len(key_tokens)}) to match the tokens, "
+            f"got {tuple(weights.shape)}"
+        )
+    ax = ax if ax is not None else plt.subplots(figsize=(4, 4))[1]
+    ax.imshow(weights.detach().float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(key_tokens)), key_tokens, rotation=90)
+    ax.set_yticks(range(len(query_tokens)), query_tokens)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    if title:
+        ax.set_title(title)
     return ax

@@ -108,7 +108,7 @@ def run_notebooks(
     params = dict(parameters or {})
     if fast:
         params.setdefault("FAST", True)
-    env = {"COURSE_FAST": "1"} if fast else {}
+    env = {"COURSE_HEADLESS": "1", **({"COURSE_FAST": "1"} if fast else {})}
 
     results = []
     bar = tqdm(notebooks, desc="notebooks", unit="nb", leave=False)

@@ -32,6 +32,17 @@ def fast_mode() -> bool:
     raise ValueError(f"COURSE_FAST must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
 
 
+def headless() -> bool:
+    """Whether nobody is watching the notebook (``COURSE_HEADLESS=1``, set by ``run``, pytest and
+    the grader): interactive widgets then draw a static figure instead."""
+    raw = os.environ.get("COURSE_HEADLESS", "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"COURSE_HEADLESS must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
 def _cuda_available() -> bool:
     return torch.cuda.is_available()
 

@@ -67,3 +67,15 @@ def test_bad_candidates_are_rejected():
         compare({"a": lambda: None, "b": None})
     with pytest.raises(ValueError, match="baseline must be one of"):
         ratio_table([Timing("a", (1.0,))], baseline="z")
+
+
+def test_peak_memory_measures_what_a_function_allocates():
+    import torch
+
+    from course_lib.bench import peak_memory
+
+    allocated = peak_memory(lambda: torch.ones(16, 2**20))  # 64 MiB of float32
+    assert 56 * 2**20 < allocated < 72 * 2**20
+    assert peak_memory(lambda: torch.ones(4)) < 2 * 2**20
+    with pytest.raises(TypeError, match="fn must be callable"):
+        peak_memory(None)

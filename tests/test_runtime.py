@@ -130,3 +130,20 @@ def test_setup_chooses_seeds_and_reports(capsys, monkeypatch):
     assert session == runtime.Session(torch.device("cpu"), 7, 1, True)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "device cpu | threads 1 | seed 7 | fast mode" in out
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("", False)])
+def test_headless_reads_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_HEADLESS", value)
+    assert runtime.headless() is expected
+    monkeypatch.setenv("COURSE_HEADLESS", "perhaps")
+    with pytest.raises(ValueError, match="COURSE_HEADLESS must be one of"):
+        runtime.headless()
+
+
+def test_temporary_environment_restores_what_was_there(monkeypatch):
+    monkeypatch.setenv("COURSE_A", "old")
+    monkeypatch.delenv("COURSE_B", raising=False)
+    with runtime.temporary_environment(COURSE_A="new", COURSE_B="set"):
+        assert runtime.os.environ["COURSE_A"] == "new" and runtime.os.environ["COURSE_B"] == "set"
+    assert runtime.os.environ["COURSE_A"] == "old" and "COURSE_B" not in runtime.os.environ
