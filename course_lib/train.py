@@ -1,0 +1,266 @@
+"""A plain, reusable training loop and the classification metrics, with nothing hidden.
+
+``fit`` trains any model whose batches are ``(inputs, targets)`` tuples or dictionaries in the
+Hugging Face style (``{"input_ids": ..., "attention_mask": ..., "labels": ...}``) and whose output
+is logits or an object with ``.logits``; chapters 03 (digits), 06 (language models) and 07
+(fine-tuning BERT) use the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from course_lib.runtime import headless
+
+Batch = tuple | list | Mapping
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _check_labels(predictions: torch.Tensor, targets: torch.Tensor) -> None:
+    for name, t in (("predictions", predictions), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim != 1:
+            raise ValueError(f"{name} must be 1-D class indices, got shape {tuple(t.shape)}")
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"predictions and targets must have the same shape, got {tuple(predictions.shape)} and {tuple(targets.shape)}"
+        )
+
+
+def accuracy(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of predictions equal to the targets (NaN for no samples)."""
+    _check_labels(predictions, targets)
+    return (predictions == targets).float().mean().item() if len(targets) else math.nan
+
+
+def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) counts: row = true class, column = predicted class (scikit-learn's convention)."""
+    _check_labels(predictions, targets)
+    for name, t in (("predictions", predictions), ("targets", targets)):
+        if len(t) and (t.min() < 0 or t.max() >= num_classes):
+            raise ValueError(f"{name} must be in [0, {num_classes - 1}] for num_classes={num_classes}")
+    index = targets.long() * num_classes + predictions.long()
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def precision_recall_f1(
+    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int, average: str = "macro"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[float, float, float]:
+    """Precision, recall and F1 per class (``average=None``) or their unweighted mean over classes
+    (``"macro"``). A class never predicted (or never present) scores 0 there, as scikit-learn's
+    ``zero_division=0``."""
+    if average not in ("macro", None):
+        raise ValueError(f"average must be 'macro' or None, got {average!r}")
+    cm = confusion_matrix(predictions, targets, num_classes).double()
+    tp = cm.diag()
+    predicted, actual = cm.sum(0), cm.sum(1)
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), 0.0)
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1), 0.0)
+    denominator = precision + recall
+    f1 = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp_min(1e-300), 0.0)
+    if average is None:
+        return precision, recall, f1
+    return precision.mean().item(), recall.mean().item(), f1.mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving batches and calling the model
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    """The batch with every tensor moved to ``device`` (tuples, lists and dicts, nested)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def forward_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the model on one batch; return ``(logits, targets)``.
+
+    ``(inputs, targets)`` calls ``model(inputs)``; a dict calls ``model(**inputs)`` with everything
+    but ``"labels"``, which are the targets. An output with ``.logits`` (transformers) gives those.
+    """
+    if isinstance(batch, Mapping):
+        if "labels" not in batch:
+            raise ValueError(f"a dict batch must have a 'labels' entry, got keys {sorted(batch)}")
+        targets = batch["labels"]
+        output = model(**{k: v for k, v in batch.items() if k != "labels"})
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, targets = batch
+        output = model(inputs)
+    else:
+        raise ValueError(
+            "a batch must be (inputs, targets) or a dict with 'labels', "
+            f"got {type(batch).__name__}{' of length ' + str(len(batch)) if isinstance(batch, (tuple, list)) else ''}"
+        )
+    logits = getattr(output, "logits", output)
+    return logits, targets
+
+
+def _flatten(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level outputs (B, T, C) with targets (B, T) become (B·T, C) and (B·T,)."""
+    if logits.ndim == 3 and targets.ndim == 2:
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    return logits, targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and training
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Iterable[Batch], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits and targets of a loader, in order, on the CPU (model in eval mode)."""
+    model.eval()
+    all_logits, all_targets = [], []
+    for batch in loader:
+        logits, targets = _flatten(*forward_batch(model, to_device(batch, device)))
+        all_logits.append(logits.float().cpu())
+        all_targets.append(targets.cpu())
+    if not all_logits:
+        raise ValueError("loader yielded no batches")
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    loss_fn: LossFn = F.cross_entropy,
+    device: torch.device | str = "cpu",
+    ignore_index: int = -100,
+) -> dict[str, float]:
+    """Loss and accuracy over a loader (targets equal to ``ignore_index`` are left out of the
+    accuracy, as the loss leaves them out)."""
+    logits, targets = predict(model, loader, device)
+    keep = targets != ignore_index
+    return {
+        "loss": loss_fn(logits, targets).item(),
+        "accuracy": accuracy(logits[keep].argmax(-1), targets[keep]),
+    }
+
+
+@dataclass
+class History:
+    """Per-epoch records of a :func:`fit` run: lists of equal length, one entry per epoch."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, list]:
+        return {
+            "epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy, "lr": self.lr, "seconds": self.seconds,
+        }
+
+
+def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: Iterable[Batch],
+    epochs: int,
+    *,
+    val_loader: Iterable[Batch] | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    device: torch.device | str = "cpu",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    max_grad_norm: float | None = None,
+    early_stopping_patience: int | None = None,
+    progress: bool | None = None,
+) -> History:
+    """Train ``model`` for ``epochs`` passes over ``train_loader``; return the :class:`History`.
+
+    Each step: forward, ``loss_fn(logits, targets)``, backward, optional gradient clipping to
+    ``max_grad_norm``, optimiser step, ``scheduler.step()`` (per batch, as transformer schedules
+    with warm-up expect). After each epoch, the validation loss and accuracy if ``val_loader`` is
+    given. With ``early_stopping_patience``, training stops after that many epochs without a lower
+    validation loss, and the best epoch's weights are restored. ``progress`` shows a progress bar
+    (default: unless headless, so executed notebooks do not store one).
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("early_stopping_patience", early_stopping_patience, allow_none=True)
+    if early_stopping_patience is not None and val_loader is None:
+        raise ValueError("early_stopping_patience needs a val_loader to watch")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+    model.to(device)
+    history = History()
+    best_loss, best_state, waited = math.inf, None, 0
+    total = len(train_loader) * epochs if hasattr(train_loader, "__len__") else None
+    if progress is None:
+        progress = not headless()
+    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start, loss_sum, steps = time.perf_counter(), 0.0, 0
+        for batch in train_loader:
+            logits, targets = _flatten(*forward_batch(model, to_device(batch, device)))
+            loss = loss_fn(logits, targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {steps + 1}: lower the learning rate?")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.item()
+            steps += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+        if steps == 0:
+            raise ValueError("train_loader yielded no batches")
+        history.epoch.append(epoch)
+        history.train_loss.append(loss_sum / steps)
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        if val_loader is not None:
+            metrics = evaluate(model, val_loader, loss_fn, device)
+            history.val_loss.append(metrics["loss"])
+            history.val_accuracy.append(metrics["accuracy"])
+            if metrics["loss"] < best_loss:
+                best_loss, waited, history.best_epoch = metrics["loss"], 0, epoch
+                if early_stopping_patience is not None:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                waited += 1
+        history.seconds.append(time.perf_counter() - start)
+        if early_stopping_patience is not None and waited >= early_stopping_patience:
+            history.stopped_early = True
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
