@@ -1,0 +1,42 @@
+"""The attention explorer: controls in JupyterLab, a static figure when headless."""
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from course_lib import widgets
+
+matplotlib.use("Agg")
+
+
+def _attend(text):
+    n = len(text)
+    weights = torch.softmax(torch.randn(3, n, n, generator=torch.Generator().manual_seed(n)), dim=-1)
+    return list(text), [weights, weights.flip(-1)]  # 2 layers of 3 heads
+
+
+def test_headless_draws_every_layer_and_head(monkeypatch):
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    plt.close("all")
+    assert widgets.attention_explorer(_attend, ["abcd", "xyz"]) is None
+    figure = plt.gcf()
+    assert len(figure.axes) == 6
+    assert figure.axes[4].get_title() == "layer 1, head 1"
+    plt.close("all")
+
+
+def test_interactive_explorer_has_the_controls(monkeypatch):
+    monkeypatch.setenv("COURSE_HEADLESS", "0")
+    box = widgets.attention_explorer(_attend, ["abcd", "xyz"])
+    sentence, layer, head = box.children[0].children
+    assert list(sentence.options) == ["abcd", "xyz"]
+    assert (layer.min, layer.max, head.min, head.max) == (0, 1, 0, 2)
+    assert box.children[1].__class__.__name__ == "Output"
+
+
+def test_a_wrong_attend_function_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"a list of \(n_heads, 3, 3\) tensors, got shapes \[\(2, 3\)\]"):
+        widgets.attention_explorer(lambda s: (list(s), [torch.zeros(2, 3)]), ["abc"], interactive=False)
+    with pytest.raises(ValueError, match="sentences must not be empty"):
+        widgets.attention_explorer(_attend, [])
