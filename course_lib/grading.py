@@ -8,6 +8,7 @@ notebook's stored check output can be compared by nbval and by the grader.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -299,3 +300,103 @@ def check_silu_function(silu_function: type) -> None:
     x = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     if not torch.autograd.gradcheck(silu_function.apply, (x,), raise_exception=False):
         raise CheckFailed("torch.autograd.gradcheck disagrees with your backward")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 03: neural networks
+
+
+@_exercise("3.1", "a numerically stable softmax")
+def check_stable_softmax(stable_softmax: Callable[..., torch.Tensor]) -> None:
+    """``stable_softmax(x, dim)`` equals ``torch.softmax(x, dim)``, also for logits like 1000."""
+    g = _generator(31)
+    for shape, dim in (((4, 5), -1), ((3, 6), 0), ((2, 3, 4), 1), ((1,), 0)):
+        x = torch.randn(shape, generator=g) * 4
+        _expect_tensor(_call(stable_softmax, x, dim), torch.softmax(x, dim), f"x of shape {shape}, dim={dim}")
+    x = torch.tensor([[1000.0, 1001.0, 999.0], [-1000.0, -1002.0, -1001.0]])
+    _expect_tensor(_call(stable_softmax, x, -1), torch.softmax(x, -1), "logits near ±1000 (subtract the max)")
+    x = torch.tensor([[0.0, float("-inf"), 2.0]])
+    _expect_tensor(_call(stable_softmax, x, -1), torch.softmax(x, -1), "a logit of -inf (a masked position)")
+
+
+@_exercise("3.2", "cross-entropy from its formula")
+def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``cross_entropy(logits, targets)`` = −(1/N) Σᵢ log softmax(logitsᵢ)[targetᵢ]."""
+    g = _generator(32)
+    for n, c in ((1, 2), (8, 5), (16, 10)):
+        logits = torch.randn(n, c, generator=g) * 3
+        targets = torch.randint(0, c, (n,), generator=g)
+        got = _call(cross_entropy, logits, targets)
+        _expect_tensor(got, F.cross_entropy(logits, targets), f"logits of shape {(n, c)}", atol=1e-5)
+    logits = torch.tensor([[500.0, 0.0, -500.0], [0.0, 800.0, 1.0]])
+    targets = torch.tensor([0, 2])
+    _expect_tensor(
+        _call(cross_entropy, logits, targets), F.cross_entropy(logits, targets),
+        "large logits (use the log-sum-exp form, not log(softmax))", rtol=1e-5,
+    )
+
+
+@_exercise("3.3", "one training step by hand")
+def check_train_step(train_step: Callable[[nn.Module, torch.Tensor, torch.Tensor, float], float]) -> None:
+    """``train_step(model, x, y, lr)``: zero the gradients, cross-entropy loss, backward, then
+    p -= lr · p.grad for every parameter without recording it; return the loss as a float."""
+    g = _generator(33)
+    for step, lr in enumerate((0.1, 0.5)):
+        with torch.random.fork_rng():  # fixed initial weights, and the caller's RNG untouched
+            torch.manual_seed(33 + step)
+            model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        reference = copy.deepcopy(model)
+        for p in model.parameters():  # stale gradients from an earlier step must not leak in
+            p.grad = torch.ones_like(p)
+        x, y = torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
+        optimizer = torch.optim.SGD(reference.parameters(), lr=lr)
+        optimizer.zero_grad()
+        expected_loss = F.cross_entropy(reference(x), y)
+        expected_loss.backward()
+        optimizer.step()
+        got = train_step(model, x, y, lr)
+        _expect_number(got, expected_loss.item(), f"step {step + 1}: the returned loss", atol=1e-6, rtol=1e-5)
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            if p.requires_grad is False or p.grad_fn is not None:
+                raise CheckFailed(f"step {step + 1}: parameter {name} is no longer a trainable leaf; update it under torch.no_grad()")
+            _expect_tensor(p.detach(), q.detach(), f"step {step + 1}, lr={lr}: parameter {name} after the update", atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 04: attention
+
+
+@_exercise("4.1", "scaled dot-product attention")
+def check_attention(attention: Callable[..., torch.Tensor]) -> None:
+    """``attention(q, k, v, mask=None)`` = softmax(q kᵀ / √d + mask) v, mask bool (True = attend)."""
+    g = _generator(41)
+    for b, tq, tk, d, dv in ((1, 1, 1, 1, 1), (2, 3, 5, 4, 6), (3, 4, 4, 8, 8)):
+        q, k = torch.randn(b, tq, d, generator=g), torch.randn(b, tk, d, generator=g)
+        v = torch.randn(b, tk, dv, generator=g)
+        case = f"q {(b, tq, d)}, k {(b, tk, d)}, v {(b, tk, dv)}"
+        _expect_tensor(_call(attention, q, k, v), F.scaled_dot_product_attention(q, k, v), case)
+        mask = torch.rand(b, tq, tk, generator=g) > 0.3
+        mask[..., 0] = True
+        _expect_tensor(
+            _call(attention, q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+            f"{case} with a mask (True = may attend)",
+        )
+
+
+@_exercise("4.2", "the causal mask")
+def check_causal_mask(make_causal_mask: Callable[[int], torch.Tensor]) -> None:
+    """``make_causal_mask(T)``: (T, T) bool, True where key j ≤ query i (the diagonal included)."""
+    for size in (1, 2, 5):
+        expected = torch.ones(size, size, dtype=torch.bool).tril()
+        _expect_tensor(make_causal_mask(size), expected, f"T={size}")
+
+
+@_exercise("4.3", "splitting into heads")
+def check_split_heads(split_heads: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """``split_heads(x, n_heads)``: (B, T, D) -> (B, n_heads, T, D / n_heads); head h gets
+    features h·D/n_heads to (h+1)·D/n_heads − 1 of every token."""
+    g = _generator(43)
+    for b, t, d, h in ((1, 1, 2, 1), (2, 3, 8, 2), (2, 5, 12, 4)):
+        x = torch.randn(b, t, d, generator=g)
+        expected = x.reshape(b, t, h, d // h).transpose(1, 2)
+        _expect_tensor(_call(split_heads, x, h), expected, f"x of shape {(b, t, d)}, n_heads={h}")

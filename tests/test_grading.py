@@ -35,6 +35,29 @@ class _SiLUWrong(_SiLU):
         return grad * torch.sigmoid(x)
 
 
+def _train_step(model, x, y, lr, zero=True):
+    if zero:
+        model.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+    return loss.item()
+
+
+def _softmax(x, dim=-1):
+    e = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def _attention(q, k, v, mask=None, scale=True, axis=-1):
+    scores = q @ k.transpose(-2, -1) / (q.shape[-1] ** 0.5 if scale else 1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=axis) @ v
+
+
 def _normalize_in_place(x):
     x /= x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return x
@@ -107,6 +130,45 @@ CASES = {
         _SiLU,
         [(_SiLUWrong, "gradient for x of shape (5,): values differ"),
          (F.silu, "expected a subclass of torch.autograd.Function")],
+    ),
+    "3.1": (
+        grading.check_stable_softmax,
+        _softmax,
+        [(lambda x, dim=-1: torch.exp(x) / torch.exp(x).sum(dim, keepdim=True), "logits near ±1000 (subtract the max): output contains NaN"),
+         (lambda x, dim=-1: _softmax(x, -1), "x of shape (3, 6), dim=0: values differ")],
+    ),
+    "3.2": (
+        grading.check_cross_entropy,
+        lambda z, t: -(z - torch.logsumexp(z, 1, keepdim=True))[torch.arange(len(t)), t].mean(),
+        [(lambda z, t: -torch.log(torch.softmax(z, 1))[torch.arange(len(t)), t].mean(), "large logits"),
+         (lambda z, t: -(z - torch.logsumexp(z, 1, keepdim=True))[torch.arange(len(t)), t].sum(), "logits of shape (8, 5): values differ")],
+    ),
+    "3.3": (
+        grading.check_train_step,
+        _train_step,
+        [(lambda m, x, y, lr: _train_step(m, x, y, lr, zero=False), "step 1, lr=0.1: parameter 0.weight after the update: values differ"),
+         (lambda m, x, y, lr: _train_step(m, x, y, -lr), "parameter 0.weight after the update: values differ"),
+         (lambda m, x, y, lr: F.cross_entropy(m(x), y).item(), "values differ")],
+    ),
+    "4.1": (
+        grading.check_attention,
+        _attention,
+        [(lambda q, k, v, mask=None: _attention(q, k, v, mask, scale=False), "q (2, 3, 4), k (2, 5, 4), v (2, 5, 6): values differ"),
+         (lambda q, k, v, mask=None: _attention(q, k, v, mask, axis=-2), "values differ"),
+         (lambda q, k, v, mask=None: _attention(q, k, v), "with a mask (True = may attend): values differ")],
+    ),
+    "4.2": (
+        grading.check_causal_mask,
+        lambda t: torch.ones(t, t, dtype=torch.bool).tril(),
+        [(lambda t: torch.ones(t, t, dtype=torch.bool).triu(), "T=2: values differ"),
+         (lambda t: torch.ones(t, t, dtype=torch.bool).tril(-1), "T=1: values differ"),
+         (lambda t: torch.ones(t, t).tril(), "output dtype torch.float32 ≠ expected torch.bool")],
+    ),
+    "4.3": (
+        grading.check_split_heads,
+        lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 2),
+        [(lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), "x of shape (2, 3, 8), n_heads=2: values differ"),
+         (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1), "output shape (2, 3, 2, 4) ≠ expected (2, 2, 3, 4)")],
     ),
 }
 
