@@ -10,4 +10,3 @@ import os
 
 os.environ.setdefault("COURSE_FAST", "1")
 os.environ.setdefault("COURSE_HEADLESS", "1")  # widgets draw static figures: nobody is watching
-os.environ.setdefault("MPLBACKEND", "Agg")  # tests draw figures without a display

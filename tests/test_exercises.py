@@ -303,6 +303,6 @@ def test_an_unsolved_exercise_notebook_runs_top_to_bottom_without_errors(path):
     NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
-    verdicts = [o.text for c in nb.cells if "course" in c.metadata and c.metadata["course"]["role"] == "check"
-                for o in c.outputs if o.output_type == "stream"]
+    verdicts = ["".join(o.text for o in c.outputs if o.output_type == "stream") for c in nb.cells
+                if "course" in c.metadata and c.metadata["course"]["role"] == "check"]
     assert verdicts and all("not yet solved" in v for v in verdicts)
