@@ -28,9 +28,12 @@ def _weights(attend: AttendFn, sentence: str) -> tuple[list[str], list[torch.Ten
     return tokens, layers
 
 
-def plot_all_heads(tokens: Sequence[str], layers: Sequence[torch.Tensor]) -> None:
-    """Every layer (rows) and head (columns) of one sentence, as the static fallback."""
-    n_layers, n_heads = len(layers), layers[0].shape[0]
+def plot_all_heads(
+    tokens: Sequence[str], layers: Sequence[torch.Tensor], max_layers: int = 2, max_heads: int = 4
+) -> None:
+    """The first layers (rows) and heads (columns) of one sentence, as the static fallback; at most
+    ``max_layers`` × ``max_heads`` panels, so a 12-head model does not make a giant figure."""
+    n_layers, n_heads = min(len(layers), max_layers), min(layers[0].shape[0], max_heads)
     fig, axes = plt.subplots(n_layers, n_heads, figsize=(3.2 * n_heads, 3.2 * n_layers), squeeze=False)
     for layer, row in enumerate(axes):
         for head, ax in enumerate(row):
@@ -43,7 +46,8 @@ def attention_explorer(attend: AttendFn, sentences: Sequence[str], interactive: 
     """Pick a sentence, a layer and a head; see where each token attends.
 
     Returns the ipywidgets box to display (the last expression of a cell), or ``None`` after
-    drawing every head of the first sentence when headless (or ``interactive=False``).
+    drawing the first heads of the first layers for the first sentence when headless (or
+    ``interactive=False``).
     """
     if not sentences:
         raise ValueError("sentences must not be empty")
