@@ -400,3 +400,60 @@ def check_split_heads(split_heads: Callable[[torch.Tensor, int], torch.Tensor]) 
         x = torch.randn(b, t, d, generator=g)
         expected = x.reshape(b, t, h, d // h).transpose(1, 2)
         _expect_tensor(_call(split_heads, x, h), expected, f"x of shape {(b, t, d)}, n_heads={h}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 05: BERT
+
+
+@_exercise("5.1", "WordPiece: greedy longest match")
+def check_wordpiece(wordpiece: Callable[[str, dict], list]) -> None:
+    """``wordpiece(word, vocab)`` cuts a word into the longest vocabulary pieces from the left,
+    ``##`` before every piece but the first; ``["[UNK]"]`` if some part matches nothing."""
+    from course_lib.pretrained import bundled_model_path
+    from course_lib.wordpiece import load_vocab, wordpiece as reference
+
+    vocab = load_vocab(bundled_model_path())
+    for word in ("the", "tokenization", "unbelievably", "xyzzyq", "transformers", "a", "☃x", "##"):
+        expected = reference(word, vocab)
+        got = wordpiece(word, vocab)
+        if got != expected:
+            raise CheckFailed(f"for {word!r}: got {got!r} ≠ expected {expected!r}")
+
+
+@_exercise("5.2", "BERT's input embeddings")
+def check_bert_embed(embed: Callable[..., torch.Tensor]) -> None:
+    """``embed(embeddings, input_ids, token_type_ids)``: word + position + token-type embeddings,
+    summed, then the module's LayerNorm (evaluation mode: no dropout)."""
+    from course_lib.bert import BertConfig, BertEmbeddings
+
+    g = _generator(52)
+    with torch.random.fork_rng():
+        torch.manual_seed(52)
+        module = BertEmbeddings(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=16, max_position_embeddings=12)).eval()
+        with torch.no_grad():
+            module.LayerNorm.weight.uniform_(0.5, 1.5)
+            module.LayerNorm.bias.uniform_(-0.5, 0.5)
+    for b, t in ((1, 1), (2, 5), (3, 12)):
+        ids = torch.randint(0, 50, (b, t), generator=g)
+        types = torch.randint(0, 2, (b, t), generator=g)
+        with torch.no_grad():
+            _expect_tensor(_call(embed, module, ids, types), module(ids, types), f"input_ids of shape {(b, t)}")
+
+
+@_exercise("5.3", "mean pooling over real tokens")
+def check_mean_pool(mean_pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``mean_pool(hidden, attention_mask)``: (B, T, H), (B, T) of 1/0 -> (B, H), the average of
+    each sequence's real-token vectors."""
+    from course_lib.bert import mean_pool as reference
+
+    g = _generator(53)
+    for b, t, h in ((1, 1, 4), (2, 5, 3), (4, 7, 8)):
+        hidden = torch.randn(b, t, h, generator=g)
+        lengths = torch.randint(1, t + 1, (b,), generator=g)
+        mask = (torch.arange(t)[None] < lengths[:, None]).long()
+        mask[0] = 1  # one full-length sequence
+        if b > 1:
+            mask[-1, 1:] = 0  # and one that is a single token followed by padding
+        _expect_tensor(_call(mean_pool, hidden, mask), reference(hidden, mask), f"hidden of shape {(b, t, h)} with padding")

@@ -58,6 +58,29 @@ def _attention(q, k, v, mask=None, scale=True, axis=-1):
     return torch.softmax(scores, dim=axis) @ v
 
 
+def _embed(e, ids, types, norm=True, positions=True):
+    x = e.word_embeddings(ids) + e.token_type_embeddings(types)
+    if positions:
+        x = x + e.position_embeddings(torch.arange(ids.shape[1]))
+    return e.LayerNorm(x) if norm else x
+
+
+def _wordpiece_shortest_first(word, vocab):
+    from course_lib.wordpiece import wordpiece
+
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(start + 1, len(word) + 1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return wordpiece(word, vocab)
+    return pieces
+
+
 def _normalize_in_place(x):
     x /= x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return x
@@ -169,6 +192,24 @@ CASES = {
         lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 2),
         [(lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), "x of shape (2, 3, 8), n_heads=2: values differ"),
          (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1), "output shape (2, 3, 2, 4) ≠ expected (2, 2, 3, 4)")],
+    ),
+    "5.1": (
+        grading.check_wordpiece,
+        __import__("course_lib.wordpiece", fromlist=["wordpiece"]).wordpiece,
+        [(_wordpiece_shortest_first, "for 'the': got ['t', '##h', '##e'] ≠ expected ['the']"),
+         (lambda w, v: [w] if w in v else ["[UNK]"], "for 'tokenization': got ['[UNK]'] ≠ expected ['token', '##ization']")],
+    ),
+    "5.2": (
+        grading.check_bert_embed,
+        _embed,
+        [(lambda e, i, t: _embed(e, i, t, norm=False), "input_ids of shape (1, 1): values differ"),
+         (lambda e, i, t: _embed(e, i, t, positions=False), "values differ")],
+    ),
+    "5.3": (
+        grading.check_mean_pool,
+        lambda h, m: (h * m[..., None]).sum(1) / m.sum(1, keepdim=True),
+        [(lambda h, m: h.mean(1), "with padding: values differ"),
+         (lambda h, m: (h * m[..., None]).sum(1), "values differ")],
     ),
 }
 
