@@ -264,3 +264,32 @@ def from_pretrained(folder: str | Path) -> BertModel:
     load_state_dict_into(model, load_file(str(weights)))
     return model.eval()
 
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masked-language-model corruption. Each position where ``maskable`` is True (real,
+    non-special tokens) is chosen with ``probability``; a chosen token becomes ``[MASK]`` 80% of
+    the time, a random token 10%, and stays itself 10% (so the model cannot rely on seeing [MASK]).
+    Returns ``(inputs, labels)``: labels hold the original token where chosen, -100 elsewhere."""
+    if input_ids.shape != maskable.shape or maskable.dtype != torch.bool:
+        raise ValueError(
+            f"maskable must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, "
+            f"got {maskable.dtype} {tuple(maskable.shape)}"
+        )
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"probability must be in (0, 1), got {probability}")
+    draw = lambda: torch.rand(input_ids.shape, generator=generator, device=input_ids.device)  # noqa: E731
+    chosen = (draw() < probability) & maskable
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    fate = draw()
+    inputs = torch.where(chosen & (fate < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    random_tokens = torch.randint(vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    inputs = torch.where(chosen & (fate >= 0.8) & (fate < 0.9), random_tokens, inputs)
+    return inputs, labels
