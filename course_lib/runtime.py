@@ -19,28 +19,28 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
+def _flag(name: str) -> bool:
+    """An on/off environment variable; unset or empty means off, anything unclear is an error."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
 def fast_mode() -> bool:
     """Whether the environment asks for the small, quick configuration (``COURSE_FAST=1``).
 
     nbval cannot pass papermill parameters, so notebooks read their default ``FAST`` from here.
     """
-    raw = os.environ.get("COURSE_FAST", "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ValueError(f"COURSE_FAST must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+    return _flag("COURSE_FAST")
 
 
 def headless() -> bool:
     """Whether nobody is watching the notebook (``COURSE_HEADLESS=1``, set by ``run``, pytest and
     the grader): interactive widgets then draw a static figure instead."""
-    raw = os.environ.get("COURSE_HEADLESS", "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ValueError(f"COURSE_HEADLESS must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+    return _flag("COURSE_HEADLESS")
 
 
 def _cuda_available() -> bool:
