@@ -60,15 +60,20 @@ def sha256(path: Path) -> str:
 
 
 def _download(target: Path) -> None:
-    """``pip download`` the sdist into ``target`` (a folder), showing pip's progress."""
+    """``pip download`` the sdist into ``target`` (a folder), echoing pip's progress lines."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-d", str(target), SDIST]
-    print(f"fetching {SDIST} (2.5 MB) from the package index ...", flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if result.returncode != 0:
-        lines = [ln for ln in result.stdout.splitlines() if ln.strip() and "is ignored" not in ln]
+               "--disable-pip-version-check", "--progress-bar", "off", "-d", str(target), SDIST]
+    print(f"fetching {SDIST} (2.5 MB) from the package index into {target.parent} ...", flush=True)
+    lines: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
+        for line in pip.stdout:
+            line = line.rstrip()
+            if line and "is ignored" not in line:  # notices about this machine's local indexes
+                lines.append(line)
+                print(f"  pip: {line}", flush=True)
+    if pip.returncode != 0:
         raise DataError(
-            f"could not download {SDIST} with pip (exit {result.returncode}): "
+            f"could not download {SDIST} with pip (exit {pip.returncode}): "
             f"{lines[-1] if lines else 'no output'}\n"
             f"Fix: connect to the package index once and run again, or copy {SDIST_FILE} "
             f"(sha256 {SDIST_SHA256}) into {target.parent}"

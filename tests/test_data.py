@@ -48,14 +48,13 @@ def test_offline_without_a_cache_says_how_to_fix_it(tmp_path, monkeypatch):
         assert "Fix:" in str(info.value)
 
 
-def test_a_failing_pip_is_reported_with_its_last_line(tmp_path, monkeypatch):
-    class Failed:
-        returncode = 1
-        stdout = "Looking in indexes: ...\nERROR: No matching distribution found for vaderSentiment==3.3.2\n"
-
-    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: Failed())
+def test_a_failing_pip_is_reported_with_its_last_line(tmp_path, monkeypatch, capsys):
+    script = "print('Looking in indexes: ...'); print('ERROR: No matching distribution found for vaderSentiment==3.3.2'); raise SystemExit(1)"
+    real_popen = data.subprocess.Popen
+    monkeypatch.setattr(data.subprocess, "Popen", lambda command, **kw: real_popen([data.sys.executable, "-c", script], **kw))
     with pytest.raises(data.DataError, match=r"exit 1\): ERROR: No matching distribution.*\nFix: connect"):
         data.fetch_sdist(tmp_path)
+    assert "pip: Looking in indexes" in capsys.readouterr().out  # progress is shown as it comes
     assert list(tmp_path.iterdir()) == []
 
 
