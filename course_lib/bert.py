@@ -293,3 +293,86 @@ def mask_tokens(
     random_tokens = torch.randint(vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
     inputs = torch.where(chosen & (fate >= 0.8) & (fate < 0.9), random_tokens, inputs)
     return inputs, labels
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.activation(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Hidden vector -> vocabulary logits, the output matrix shared with the word embeddings."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x)) + self.bias
+
+
+class _MLMHeads(nn.Module):
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+
+
+class BertForMaskedLM(nn.Module):
+    """BERT with its masked-language-model head (Hugging Face names: ``bert.*``, ``cls.predictions.*``).
+
+    ``forward(input_ids, attention_mask, labels)`` returns the mean cross-entropy over the positions
+    whose label is not -100; the vocabulary logits are computed only there, which is most of the
+    saving when 15% of tokens are masked.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.bert = BertModel(config)
+        self.cls = _MLMHeads(config, self.bert.embeddings.word_embeddings)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        hidden = self.bert(input_ids, attention_mask).last_hidden_state
+        if labels is None:
+            return self.cls.predictions(hidden)
+        chosen = labels != -100
+        logits = self.cls.predictions(hidden[chosen])
+        return F.cross_entropy(logits, labels[chosen])
+
+
+class BertClassifier(nn.Module):
+    """BERT with a classification head: dropout and a linear layer on the pooled [CLS] vector, as
+    ``BertForSequenceClassification``. ``forward(input_ids, attention_mask)`` returns logits."""
+
+    def __init__(self, config: BertConfig, num_labels: int = 2) -> None:
+        super().__init__()
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.dropout(self.bert(input_ids, attention_mask).pooler_output))
+
+
+def init_bert_weights(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """BERT's initialisation for training from scratch: normal(0, std) weights, zero biases,
+    LayerNorm at identity."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model

@@ -110,3 +110,40 @@ def test_masking_rejects_bad_arguments():
         mask_tokens(ids, torch.ones(2, 3), 3, 10)
     with pytest.raises(ValueError, match=r"probability must be in \(0, 1\)"):
         mask_tokens(ids, torch.ones(2, 3, dtype=torch.bool), 3, 10, probability=1.0)
+
+
+def _small_bert():
+    from course_lib.bert import BertConfig, init_bert_weights
+
+    torch.manual_seed(0)
+    return init_bert_weights, BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=12)
+
+
+def test_masked_lm_scores_only_the_masked_positions_and_ties_its_decoder():
+    import torch.nn.functional as F
+
+    from course_lib.bert import BertForMaskedLM
+
+    init, config = _small_bert()
+    model = init(BertForMaskedLM(config)).eval()
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    ids = torch.randint(5, 60, (3, 10))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[2, 7] = 11, 42
+    loss = model(ids, torch.ones_like(ids), labels)
+    logits = model(ids, torch.ones_like(ids))
+    expected = F.cross_entropy(torch.stack([logits[0, 2], logits[2, 7]]), torch.tensor([11, 42]))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_classifier_reuses_a_pretrained_encoder():
+    from course_lib.bert import BertClassifier, BertForMaskedLM
+
+    init, config = _small_bert()
+    pretrained = init(BertForMaskedLM(config))
+    classifier = BertClassifier(config, num_labels=3)
+    classifier.bert.load_state_dict(pretrained.bert.state_dict())
+    assert classifier(torch.randint(0, 60, (4, 6))).shape == (4, 3)
+    torch.testing.assert_close(classifier.bert.embeddings.word_embeddings.weight,
+                               pretrained.bert.embeddings.word_embeddings.weight)
