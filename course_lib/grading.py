@@ -457,3 +457,54 @@ def check_mean_pool(mean_pool: Callable[[torch.Tensor, torch.Tensor], torch.Tens
         if b > 1:
             mask[-1, 1:] = 0  # and one that is a single token followed by padding
         _expect_tensor(_call(mean_pool, hidden, mask), reference(hidden, mask), f"hidden of shape {(b, t, h)} with padding")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 06: pretraining
+
+
+@_exercise("6.1", "the next-token loss")
+def check_next_token_loss(next_token_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``next_token_loss(logits, idx)``: the logits at position t predict token t+1, so compare
+    logits[:, :-1] with idx[:, 1:] (cross-entropy, mean over all predicted positions)."""
+    from course_lib.gpt import causal_lm_loss
+
+    g = _generator(61)
+    for b, t, v in ((1, 2, 3), (2, 5, 7), (3, 9, 11)):
+        logits = torch.randn(b, t, v, generator=g) * 2
+        idx = torch.randint(0, v, (b, t), generator=g)
+        _expect_tensor(_call(next_token_loss, logits, idx), causal_lm_loss(logits, idx), f"logits of shape {(b, t, v)}")
+
+
+@_exercise("6.2", "top-k filtering of logits")
+def check_top_k_filter(top_k_filter: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """``top_k_filter(logits, k)``: (B, V) logits with every entry below the k-th largest of its
+    row set to -inf; the k largest keep their values."""
+    g = _generator(62)
+    for b, v, k in ((1, 5, 1), (3, 10, 3), (2, 7, 7)):
+        logits = torch.randn(b, v, generator=g)
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        expected = logits.masked_fill(logits < kth, float("-inf"))
+        _expect_tensor(_call(top_k_filter, logits, k), expected, f"logits of shape {(b, v)}, k={k}")
+
+
+@_exercise("6.3", "choosing the tokens to mask")
+def check_select_for_masking(select: Callable[..., torch.Tensor]) -> None:
+    """``select(maskable, probability, generator)``: a bool tensor like ``maskable``, True for
+    positions chosen independently with ``probability``, never where ``maskable`` is False."""
+    maskable = torch.ones(400, 100, dtype=torch.bool)
+    maskable[:, 0] = maskable[:, -1] = False
+    maskable[:200, 60:] = False
+    for probability in (0.15, 0.4):
+        chosen = select(maskable, probability, _generator(63))
+        if not isinstance(chosen, torch.Tensor) or chosen.dtype != torch.bool or chosen.shape != maskable.shape:
+            raise CheckFailed(f"expected a bool tensor of shape {tuple(maskable.shape)}, got "
+                              f"{getattr(chosen, 'dtype', type(chosen).__name__)} {tuple(getattr(chosen, 'shape', ()))}")
+        if (chosen & ~maskable).any():
+            raise CheckFailed("a position that is not maskable ([CLS], [SEP], padding) was chosen")
+        rate = chosen.sum().item() / maskable.sum().item()
+        if abs(rate - probability) > 0.02:
+            raise CheckFailed(f"with probability={probability}, the fraction chosen is not close to it")
+        rows = chosen[200:].float().mean(dim=1)
+        if rows.std() < 0.01:
+            raise CheckFailed("every row has the same number chosen: choose each position independently")

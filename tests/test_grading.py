@@ -211,6 +211,25 @@ CASES = {
         [(lambda h, m: h.mean(1), "with padding: values differ"),
          (lambda h, m: (h * m[..., None]).sum(1), "values differ")],
     ),
+    "6.1": (
+        grading.check_next_token_loss,
+        lambda l, i: F.cross_entropy(l[:, :-1].reshape(-1, l.shape[-1]), i[:, 1:].reshape(-1)),
+        [(lambda l, i: F.cross_entropy(l.reshape(-1, l.shape[-1]), i.reshape(-1)), "logits of shape (1, 2, 3): values differ"),
+         (lambda l, i: F.cross_entropy(l[:, 1:].reshape(-1, l.shape[-1]), i[:, :-1].reshape(-1)), "values differ")],
+    ),
+    "6.2": (
+        grading.check_top_k_filter,
+        lambda l, k: l.masked_fill(l < torch.topk(l, k, -1).values[:, -1:], float("-inf")),
+        [(lambda l, k: l.masked_fill(l <= torch.topk(l, k, -1).values[:, -1:], float("-inf")), "k=1: values differ"),
+         (lambda l, k: l.masked_fill(l < torch.topk(l, k, -1).values[:, -1:], 0.0), "values differ")],
+    ),
+    "6.3": (
+        grading.check_select_for_masking,
+        lambda m, p, g: (torch.rand(m.shape, generator=g) < p) & m,
+        [(lambda m, p, g: torch.rand(m.shape, generator=g) < p, "not maskable ([CLS], [SEP], padding) was chosen"),
+         (lambda m, p, g: (torch.rand(m.shape, generator=g) < 0.15) & m, "with probability=0.4, the fraction chosen is not close to it"),
+         (lambda m, p, g: (torch.rand(m.shape, generator=g) < p).float() * m, "expected a bool tensor")],
+    ),
 }
 
 
