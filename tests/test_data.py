@@ -39,13 +39,11 @@ def test_a_download_with_the_wrong_hash_is_discarded_with_a_clear_error(tmp_path
     assert list(tmp_path.iterdir()) == [], "nothing may be left behind"
 
 
-def test_offline_without_a_cache_says_how_to_fix_it(tmp_path, monkeypatch):
+def test_when_pip_cannot_run_the_error_says_how_to_fix_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data.sys, "executable", str(tmp_path / "no-python"))
-    with pytest.raises((data.DataError, OSError)) as info:
+    with pytest.raises(data.DataError, match=r"could not download vaderSentiment==3.3.2 .*\nFix: connect"):
         data.fetch_sdist(tmp_path)
     assert not list(tmp_path.glob("*.tar.gz"))
-    if isinstance(info.value, data.DataError):
-        assert "Fix:" in str(info.value)
 
 
 def test_a_failing_pip_is_reported_with_its_last_line(tmp_path, monkeypatch, capsys):
