@@ -100,9 +100,9 @@ class BertSelfAttention(nn.Module):
 class BertSelfOutput(nn.Module):
     """Project the attention output, dropout, add the residual, LayerNorm (post-norm, as BERT)."""
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, in_features: int | None = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -137,8 +137,7 @@ class BertOutput(BertSelfOutput):
     """The feed-forward layer's narrowing half: intermediate → hidden, dropout, residual, LayerNorm."""
 
     def __init__(self, config: BertConfig) -> None:
-        super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class BertLayer(nn.Module):

@@ -26,7 +26,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from course_lib import grading
-from course_lib.runner import find_notebooks, notebooks_dir, repo_root
+from course_lib.runner import chapter_notebooks, find_notebooks, notebooks_dir, repo_root
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -144,7 +144,7 @@ def generate(
     problems found: exercise notebooks that are stale, missing, or have no source notebook."""
     source_dir = source_dir or notebooks_dir()
     target_dir = target_dir or repo_root() / "exercises"
-    expected = {s.name: render(make_exercise_notebook(s)) for s in sorted(source_dir.glob("[0-9][0-9]_*.ipynb"))}
+    expected = {s.name: render(make_exercise_notebook(s)) for s in chapter_notebooks(source_dir)}
     if not expected:
         raise FileNotFoundError(f"no chapter notebooks (NN_*.ipynb) in {source_dir}")
     problems = []

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from course_lib.runtime import temporary_environment
-
 
 def repo_root() -> Path:
     """The course checkout: the folder holding ``notebooks/`` above this package (editable
@@ -30,11 +28,16 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
+def chapter_notebooks(folder: Path) -> list[Path]:
+    """The numbered chapters (``NN_topic.ipynb``) in a folder, in order."""
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
 def find_notebooks(names: Sequence[str] = ()) -> list[Path]:
     """Resolve notebook names: a path, a file name in ``notebooks/``, or a chapter prefix such as
     ``01`` or ``01_tensors``. No names: every numbered chapter, in order."""
     folder = notebooks_dir()
-    chapters = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    chapters = chapter_notebooks(folder)
     if not names:
         if not chapters:
             raise FileNotFoundError(f"no chapter notebooks (NN_*.ipynb) in {folder}")
@@ -98,6 +101,8 @@ def run_notebooks(
     """Execute each notebook with papermill and return how each went (never raises for a
     notebook's own error; a missing kernel or unreadable file is reported the same way)."""
     import papermill  # slow to import (nbformat's schema), so only when running
+
+    from course_lib.runtime import temporary_environment  # imports torch: only when running
 
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from course_lib import grading
+from course_lib.runner import chapter_notebooks
 from course_lib.exercises import (
     find_exercises,
     generate,
@@ -63,7 +64,7 @@ def test_check_reports_stale_missing_and_orphaned_files(tmp_path):
 
 
 def test_generation_is_byte_for_byte_deterministic():
-    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+    for path in chapter_notebooks(NOTEBOOKS):
         assert render(make_exercise_notebook(path)) == render(make_exercise_notebook(path))
 
 
@@ -172,7 +173,7 @@ def _points(stdout, submission):
 @pytest.mark.slow
 def test_unsolved_exercises_score_zero_and_solutions_full_marks(tmp_path):
     unsolved = sorted(EXERCISES.glob("*.ipynb"))
-    solved = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    solved = chapter_notebooks(NOTEBOOKS)
     csv_path, junit_path = tmp_path / "grades.csv", tmp_path / "grades.xml"
     result = _grade(*unsolved, *solved, "--csv", csv_path, "--junit", junit_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,10 +12,11 @@ import nbformat
 import pytest
 
 from course_lib import grading
+from course_lib.exercises import CHECK_CALL
+from course_lib.runner import chapter_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CHECK_CALL = re.compile(r"grading\.(check_\w+)\(")
+NOTEBOOKS = chapter_notebooks(ROOT / "notebooks")
 
 
 def _code_cells(path):
