@@ -508,3 +508,130 @@ def check_select_for_masking(select: Callable[..., torch.Tensor]) -> None:
         rows = chosen[200:].float().mean(dim=1)
         if rows.std() < 0.01:
             raise CheckFailed("every row has the same number chosen: choose each position independently")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 07: fine-tuning
+
+
+def _expect_metric_dict(got: Any, expected: dict[str, float], case: str) -> None:
+    if not isinstance(got, dict):
+        raise CheckFailed(f"{case}: expected a dict like {{'accuracy': ..., 'f1': ...}}, got {type(got).__name__}")
+    for key, value in expected.items():
+        if key not in got:
+            raise CheckFailed(f"{case}: the dict has no {key!r} entry (its keys: {sorted(got)})")
+        number = got[key]
+        number = number.item() if hasattr(number, "item") else number
+        _expect_number(number, value, f"{case}, {key!r}", atol=1e-6)
+
+
+@_exercise("7.1", "compute_metrics for the Trainer")
+def check_compute_metrics(compute_metrics: Callable[[Any], dict]) -> None:
+    """``compute_metrics(eval_prediction)``: NumPy logits (N, C) in ``.predictions`` and labels in
+    ``.label_ids`` → ``{"accuracy": ..., "f1": ...}`` with F1 averaged over the classes (macro)."""
+    from transformers import EvalPrediction
+
+    from course_lib.finetune import classification_metrics
+
+    if not callable(compute_metrics):
+        raise CheckFailed(f"expected a function, got {type(compute_metrics).__name__}")
+    g = _generator(71)
+    cases = []
+    for n, c in ((40, 2), (60, 3)):
+        labels = torch.randint(0, c, (n,), generator=g)
+        logits = torch.randn(n, c, generator=g) + 1.5 * F.one_hot(labels, c)
+        cases.append((f"{n} predictions of {c} classes", logits, labels))
+    cases.append(("a model that always predicts class 0", torch.tensor([[2.0, -1.0]] * 6), torch.tensor([0, 1, 1, 0, 1, 1])))
+    for case, logits, labels in cases:
+        got = compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy()))
+        _expect_metric_dict(got, classification_metrics(logits, labels), case)
+
+
+@_exercise("7.2", "the warm-up and linear-decay factor")
+def check_warmup_linear_factor(warmup_linear_factor: Callable[[int, int, int], float]) -> None:
+    """``warmup_linear_factor(step, warmup_steps, total_steps)``: the learning-rate multiplier,
+    step / warmup_steps during warm-up, then falling linearly to 0 at total_steps (never below)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    if not callable(warmup_linear_factor):
+        raise CheckFailed(f"expected a function, got {type(warmup_linear_factor).__name__}")
+    for warmup, total in ((10, 100), (0, 50), (3, 7)):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        reference = get_linear_schedule_with_warmup(optimizer, warmup, total).lr_lambdas[0]
+        for step in sorted({0, 1, warmup // 2, warmup, warmup + 1, (warmup + total) // 2, total - 1, total, total + 5}):
+            _expect_number(warmup_linear_factor(step, warmup, total), reference(step),
+                           f"step={step}, warmup_steps={warmup}, total_steps={total}", atol=1e-9)
+
+
+@_exercise("7.3", "expected calibration error")
+def check_expected_calibration_error(ece: Callable[[torch.Tensor, torch.Tensor, int], float]) -> None:
+    """``ece(probabilities, labels, n_bins)``: bin predictions by confidence (highest probability)
+    into n_bins equal bins of [0, 1]; the |accuracy - mean confidence| of each bin, weighted by
+    the fraction of predictions in it, summed."""
+    from course_lib.train import expected_calibration_error
+
+    g = _generator(73)
+    cases = [("a hand-made example of 5", torch.tensor([[0.95, 0.05], [0.1, 0.9], [0.35, 0.65], [0.6, 0.4], [0.0, 1.0]]),
+              torch.tensor([0, 0, 1, 0, 1]), 5)]
+    for n, c, bins in ((200, 2, 10), (300, 4, 15)):
+        probabilities = torch.softmax(3 * torch.randn(n, c, generator=g), -1)
+        cases.append((f"{n} predictions of {c} classes, n_bins={bins}", probabilities, torch.randint(0, c, (n,), generator=g), bins))
+    for case, probabilities, labels, bins in cases:
+        got = _call(ece, probabilities, labels, bins)
+        _expect_number(got, expected_calibration_error(probabilities, labels, bins), case, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 08: parameter-efficient fine-tuning
+
+
+@_exercise("8.1", "the LoRA forward pass")
+def check_lora_forward(lora_forward: Callable[..., torch.Tensor]) -> None:
+    """``lora_forward(x, weight, bias, A, B, alpha)``: the frozen layer ``x Wᵀ + b`` plus the
+    update ``(alpha / r) · x Aᵀ Bᵀ``, with r = A.shape[0]."""
+    g = _generator(81)
+    for batch, d_in, d_out, r, alpha in ((3, 8, 5, 2, 4.0), (2, 16, 16, 4, 4.0), (4, 6, 10, 1, 16.0)):
+        x = torch.randn(batch, d_in, generator=g)
+        weight, bias = torch.randn(d_out, d_in, generator=g), torch.randn(d_out, generator=g)
+        a, b = torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
+        expected = x @ weight.T + bias + (alpha / r) * (x @ a.T @ b.T)
+        got = _call(lora_forward, x, weight, bias, a, b, alpha)
+        _expect_tensor(got, expected, f"x {_shape(x)}, r={r}, alpha={alpha}")
+
+
+@_exercise("8.2", "merging the update into the weight")
+def check_merge_lora_weight(merge: Callable[..., torch.Tensor]) -> None:
+    """``merge(weight, A, B, alpha)``: a new matrix W + (alpha / r) · B A (inputs unchanged), so
+    the merged layer computes what the LoRA layer did."""
+    g = _generator(82)
+    for d_in, d_out, r, alpha in ((8, 5, 2, 4.0), (16, 16, 4, 4.0), (6, 10, 1, 16.0)):
+        weight = torch.randn(d_out, d_in, generator=g)
+        a, b = torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
+        _expect_tensor(_call(merge, weight, a, b, alpha), weight + (alpha / r) * (b @ a),
+                       f"weight {_shape(weight)}, r={r}, alpha={alpha}")
+
+
+@_exercise("8.3", "freeze everything but the named parts")
+def check_freeze_all_but(freeze_all_but: Callable[[nn.Module, list], int]) -> None:
+    """``freeze_all_but(model, keep)``: ``requires_grad`` True exactly for the parameters whose
+    name contains one of the strings in ``keep``, False for all others; return how many numbers
+    (elements) remain trainable."""
+    with torch.random.fork_rng():
+        torch.manual_seed(83)
+        model = nn.ModuleDict({
+            "encoder": nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 8)),
+            "lora_A": nn.Linear(8, 2, bias=False), "classifier": nn.Linear(8, 3),
+        })
+    names = dict(model.named_parameters())
+    for keep in (["classifier"], ["lora_", "classifier"], ["encoder.0", "encoder.1"], []):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.encoder[0].weight.requires_grad_(False)  # frozen before: kept means trainable
+        got = freeze_all_but(model, keep)
+        expected = {n: any(k in n for k in keep) for n in names}
+        actual = {n: p.requires_grad for n, p in names.items()}
+        wrong = sorted(n for n in names if actual[n] != expected[n])
+        if wrong:
+            raise CheckFailed(f"keep={keep}: requires_grad is wrong for {wrong[:3]}")
+        count = sum(p.numel() for n, p in names.items() if expected[n])
+        _expect_number(got, count, f"keep={keep}: the number of trainable elements", atol=0)

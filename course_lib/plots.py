@@ -150,3 +150,23 @@ def plot_attention(
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_reliability(table: dict[str, torch.Tensor], ax: Axes | None = None, label: str | None = None) -> Axes:
+    """A reliability diagram from ``course_lib.train.reliability``: accuracy against confidence per
+    bin (bars, with their count above), and the diagonal a calibrated model would follow."""
+    ax = ax if ax is not None else plt.subplots(figsize=(4.2, 3.6))[1]
+    edges = table["edges"].numpy()
+    width = edges[1] - edges[0]
+    filled = (table["count"] > 0).numpy()
+    ax.bar(edges[:-1][filled], table["accuracy"].numpy()[filled], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label=label or "accuracy in bin")
+    for left, accuracy, count in zip(edges[:-1][filled], table["accuracy"].numpy()[filled], table["count"].numpy()[filled]):
+        ax.text(left + width / 2, accuracy + 0.01, f"{int(count)}", ha="center", va="bottom", fontsize=7)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("confidence (highest probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax

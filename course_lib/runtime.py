@@ -165,6 +165,20 @@ class Session:
         )
 
 
+NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_import_logs() -> None:
+    """Silence log messages that libraries print merely on being imported: torchao (imported by
+    transformers and peft whenever it is installed) reports optional GPU kernels it cannot load and
+    PyTorch's pytree module deprecation notes about torchao's enums. Neither concerns the learner's
+    code; errors still show, and Python warnings are untouched."""
+    import logging
+
+    for name in NOISY_IMPORT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def setup(
     seed: int = 0,
     device: str | torch.device = "auto",
@@ -172,11 +186,13 @@ def setup(
     fast: bool | None = None,
     verbose: bool = True,
 ) -> Session:
-    """One call for a notebook's first cell: choose the device, seed everything, set threads.
+    """One call for a notebook's first cell: choose the device, seed everything, set threads,
+    quiet the import-time log noise of some libraries (:func:`quiet_import_logs`).
 
     ``fast`` only records the mode (it defaults to :func:`fast_mode`); the notebook's own
     ``FAST`` parameter decides the sizes. Prints one summary line unless ``verbose=False``.
     """
+    quiet_import_logs()
     session = Session(
         device=get_device(device),
         seed=seed,

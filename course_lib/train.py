@@ -77,6 +77,64 @@ def precision_recall_f1(
     return precision.mean().item(), recall.mean().item(), f1.mean().item()
 
 
+def reliability(
+    probabilities: torch.Tensor, targets: torch.Tensor, n_bins: int = 10
+) -> dict[str, torch.Tensor]:
+    """The data of a reliability diagram: predictions grouped by confidence (the highest
+    probability) into ``n_bins`` equal-width bins of [0, 1]; per bin the count, the mean confidence
+    and the accuracy (NaN for an empty bin)."""
+    if not isinstance(probabilities, torch.Tensor) or probabilities.ndim != 2:
+        raise ValueError(f"probabilities must be an (N, C) tensor, got {getattr(probabilities, 'shape', type(probabilities).__name__)}")
+    if not isinstance(targets, torch.Tensor) or targets.shape != probabilities.shape[:1]:
+        raise ValueError(f"targets must have shape ({probabilities.shape[0]},), got {getattr(targets, 'shape', type(targets).__name__)}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    confidence, predicted = probabilities.double().max(dim=1)
+    correct = (predicted == targets).double()
+    # a confidence of exactly 1.0 belongs to the last bin, as every other edge opens its bin
+    bins = (confidence * n_bins).long().clamp(max=n_bins - 1)
+    count = torch.bincount(bins, minlength=n_bins).double()
+
+    def bin_mean(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(count > 0, torch.bincount(bins, weights=values, minlength=n_bins) / count.clamp_min(1), math.nan)
+
+    mean_confidence, bin_accuracy = bin_mean(confidence), bin_mean(correct)
+    return {"count": count, "confidence": mean_confidence, "accuracy": bin_accuracy,
+            "edges": torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)}
+
+
+def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor, n_bins: int = 10) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over the bins of :func:`reliability`
+    weighted by how many predictions each holds (0 for a perfectly calibrated model)."""
+    table = reliability(probabilities, targets, n_bins)
+    filled = table["count"] > 0
+    gaps = (table["accuracy"][filled] - table["confidence"][filled]).abs()
+    return (gaps * table["count"][filled]).sum().item() / len(targets) if len(targets) else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedule
+
+
+def linear_warmup_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly from 0 to its set value over ``warmup_steps``, then falling
+    linearly to 0 at ``total_steps``: the usual schedule for fine-tuning transformers (and what the
+    Trainer uses by default). Step it once per batch."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 # ---------------------------------------------------------------------------------------------
 # Moving batches and calling the model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import grading
+from course_lib import finetune, grading, train
 from course_lib.autograd import Value
 
 
@@ -230,7 +230,77 @@ CASES = {
          (lambda m, p, g: (torch.rand(m.shape, generator=g) < 0.15) & m, "with probability=0.4, the fraction chosen is not close to it"),
          (lambda m, p, g: (torch.rand(m.shape, generator=g) < p).float() * m, "expected a bool tensor")],
     ),
+    "7.1": (
+        grading.check_compute_metrics,
+        lambda e: finetune.classification_metrics(torch.from_numpy(e.predictions), torch.from_numpy(e.label_ids)),
+        [(lambda e: {"accuracy": float((e.predictions.argmax(-1) == e.label_ids).mean())},
+          "40 predictions of 2 classes: the dict has no 'f1' entry"),
+         (lambda e: {"accuracy": float((e.predictions.argmax(-1) == e.label_ids).mean()),
+                     "f1": float((e.predictions.argmax(-1) == e.label_ids).mean())}, "'f1': value differs"),
+         (lambda e: (e.predictions.argmax(-1) == e.label_ids).mean(), "expected a dict")],
+    ),
+    "7.2": (
+        grading.check_warmup_linear_factor,
+        lambda s, w, t: s / w if s < w else max(0.0, (t - s) / max(1, t - w)),
+        [(lambda s, w, t: s / w if s < w else (t - s) / max(1, t - w), "step=105, warmup_steps=10, total_steps=100"),
+         (lambda s, w, t: (s + 1) / w if s < w else max(0.0, (t - s) / max(1, t - w)), "step=0, warmup_steps=10"),
+         (lambda s, w, t: s / w if s < w else max(0.0, (t - s) / t), "step=10, warmup_steps=10")],
+    ),
+    "7.3": (
+        grading.check_expected_calibration_error,
+        lambda p, y, n: train.expected_calibration_error(p, y, n),
+        [(lambda p, y, n: _ece(p, y, n, weighted=False), "a hand-made example of 5: value differs"),
+         (lambda p, y, n: _ece(p, y, n, confidence_of=1), "value differs")],
+    ),
+    "8.1": (
+        grading.check_lora_forward,
+        lambda x, w, b, a, bb, alpha: x @ w.T + b + (alpha / a.shape[0]) * (x @ a.T @ bb.T),
+        [(lambda x, w, b, a, bb, alpha: x @ w.T + b + alpha * (x @ a.T @ bb.T), "r=2, alpha=4.0: values differ"),
+         (lambda x, w, b, a, bb, alpha: x @ w.T + (alpha / a.shape[0]) * (x @ a.T @ bb.T), "values differ"),
+         (lambda x, w, b, a, bb, alpha: x @ w.T + b + (alpha / a.shape[0]) * (x @ bb @ a), "your code raised RuntimeError")],
+    ),
+    "8.2": (
+        grading.check_merge_lora_weight,
+        lambda w, a, b, alpha: w + (alpha / a.shape[0]) * (b @ a),
+        [(lambda w, a, b, alpha: w.add_((alpha / a.shape[0]) * (b @ a)), "argument 1 was modified in place"),
+         (lambda w, a, b, alpha: w + b @ a, "r=2, alpha=4.0: values differ"),
+         (lambda w, a, b, alpha: w + (alpha / a.shape[0]) * (a.T @ b.T), "your code raised RuntimeError")],
+    ),
+    "8.3": (
+        grading.check_freeze_all_but,
+        lambda m, keep: _freeze(m, keep),
+        [(lambda m, keep: _freeze(m, keep, unfreeze=False), "keep=['encoder.0', 'encoder.1']: requires_grad is wrong for ['encoder.0.weight']"),
+         (lambda m, keep: _freeze(m, keep, count="tensors"), "the number of trainable elements: value differs"),
+         (lambda m, keep: _freeze(m, keep, freeze=False), "keep=['classifier']: requires_grad is wrong")],
+    ),
 }
+
+
+def _ece(p, y, n, weighted=True, confidence_of=None):
+    confidence, predicted = p.max(1)
+    if confidence_of is not None:
+        confidence = p[:, confidence_of]
+    bins = (confidence * n).long().clamp(max=n - 1)
+    total = 0.0
+    filled = 0
+    for b in range(n):
+        inside = bins == b
+        if inside.any():
+            gap = abs((predicted[inside] == y[inside]).double().mean().item() - confidence[inside].double().mean().item())
+            total += gap * inside.sum().item() / len(y) if weighted else gap
+            filled += 1
+    return total if weighted else total / filled
+
+
+def _freeze(model, keep, unfreeze=True, freeze=True, count="elements"):
+    for name, p in model.named_parameters():
+        kept = any(k in name for k in keep)
+        if kept and unfreeze:
+            p.requires_grad_(True)
+        if not kept and freeze:
+            p.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return sum(p.numel() for p in trainable) if count == "elements" else len(trainable)
 
 
 def test_every_registered_exercise_is_tested_here():

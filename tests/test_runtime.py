@@ -147,3 +147,12 @@ def test_temporary_environment_restores_what_was_there(monkeypatch):
     with runtime.temporary_environment(COURSE_A="new", COURSE_B="set"):
         assert runtime.os.environ["COURSE_A"] == "new" and runtime.os.environ["COURSE_B"] == "set"
     assert runtime.os.environ["COURSE_A"] == "old" and "COURSE_B" not in runtime.os.environ
+
+
+def test_setup_quiets_import_time_log_noise_only():
+    import logging
+
+    runtime.setup(verbose=False)
+    for name in runtime.NOISY_IMPORT_LOGGERS:
+        assert logging.getLogger(name).getEffectiveLevel() == logging.ERROR
+    assert logging.getLogger("transformers").getEffectiveLevel() < logging.ERROR

@@ -190,3 +190,81 @@ def test_fit_uses_the_loss_function_given():
     model = _model()
     train.fit(model, torch.optim.SGD(model.parameters(), 0.1), [_blobs(8)], 1, loss_fn=loss_fn, progress=False)
     assert calls == [(8, 3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedule and calibration
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 10), (10, 10), (7, 50)])
+def test_linear_warmup_schedule_matches_transformers(warmup, total):
+    from transformers import get_linear_schedule_with_warmup
+
+    def lrs(make):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+        scheduler = make(optimizer)
+        seen = []
+        for _ in range(total + 2):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    ours = lrs(lambda o: train.linear_warmup_schedule(o, warmup, total))
+    theirs = lrs(lambda o: get_linear_schedule_with_warmup(o, warmup, total))
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert ours[total] == 0 and (warmup == total or max(ours) == pytest.approx(0.5))
+
+
+@pytest.mark.parametrize("warmup, total, message", [(5, 0, "total_steps must be"), (11, 10, r"warmup_steps must be an int in \[0, total_steps=10\]"),
+                                                    (1.5, 10, "warmup_steps must be")])
+def test_schedule_rejects_bad_steps(warmup, total, message):
+    with pytest.raises(ValueError, match=message):
+        train.linear_warmup_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), warmup, total)
+
+
+def test_reliability_bins_a_hand_made_example():
+    probabilities = torch.tensor([[0.95, 0.05], [0.1, 0.9], [0.35, 0.65], [0.6, 0.4], [0.0, 1.0]])
+    targets = torch.tensor([0, 0, 1, 0, 1])
+    table = train.reliability(probabilities, targets, n_bins=5)
+    assert table["count"].tolist() == [0, 0, 0, 2, 3]  # 0.65, 0.6 | 0.95, 0.9, 1.0
+    torch.testing.assert_close(table["confidence"][3:], torch.tensor([0.625, 2.85 / 3], dtype=torch.float64))
+    torch.testing.assert_close(table["accuracy"][3:], torch.tensor([1.0, 2 / 3], dtype=torch.float64))
+    assert table["accuracy"][:3].isnan().all()
+    expected = (2 * abs(1.0 - 0.625) + 3 * abs(2 / 3 - 2.85 / 3)) / 5
+    assert train.expected_calibration_error(probabilities, targets, 5) == pytest.approx(expected)
+
+
+def test_a_calibrated_model_has_a_small_error_and_an_overconfident_one_a_large_one():
+    g = torch.Generator().manual_seed(0)
+    confidence = 0.5 + 0.5 * torch.rand(20000, generator=g)
+    right = torch.rand(20000, generator=g) < confidence  # right exactly as often as it claims
+    probabilities = torch.stack([confidence, 1 - confidence], 1)
+    targets = torch.where(right, 0, 1)
+    assert train.expected_calibration_error(probabilities, targets) < 0.02
+    sharpened = torch.softmax(torch.log(probabilities) * 4, 1)
+    assert train.expected_calibration_error(sharpened, targets) > 0.1
+
+
+@pytest.mark.parametrize("probabilities, targets, n_bins, message", [
+    (torch.rand(4), torch.zeros(4), 10, r"probabilities must be an \(N, C\) tensor"),
+    (torch.rand(4, 2), torch.zeros(3), 10, r"targets must have shape \(4,\)"),
+    (torch.rand(4, 2), torch.zeros(4), 0, "n_bins must be a positive int, got 0"),
+])
+def test_reliability_rejects_bad_input(probabilities, targets, n_bins, message):
+    with pytest.raises(ValueError, match=message):
+        train.reliability(probabilities, targets, n_bins)
+
+
+def test_reliability_diagram_draws_one_bar_per_filled_bin():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.plots import plot_reliability
+
+    probabilities = torch.tensor([[0.95, 0.05], [0.09, 0.91], [0.35, 0.65], [0.6, 0.4]])
+    ax = plot_reliability(train.reliability(probabilities, torch.tensor([0, 0, 1, 0]), 10))
+    bars = ax.containers[0]
+    assert [round(bar.get_x(), 6) for bar in bars] == [0.6, 0.9]  # confidences 0.6, 0.65 | 0.91, 0.95
+    assert [bar.get_height() for bar in bars] == [1.0, 0.5]
+    assert [t.get_text() for t in ax.texts] == ["2", "2"]
