@@ -1,5 +1,5 @@
 """Fine-tuning the bundled BERT to classify sentences: the data pipeline, the metrics the Trainer
-reports, the same recipe as a plain loop, and the saved classifier that chapters 08–10 load.
+reports, the same recipe as a plain loop, and the saved classifier that chapters 09 and 10 load.
 
 Both routes of chapter 07 share :func:`tokenize` (a ``datasets.map``) and
 ``DataCollatorWithPadding`` (each batch padded only to its own longest sentence). The plain loop
@@ -272,7 +272,7 @@ def load_classifier(path: str | Path | None = None, *, rebuild: bool = True,
             raise FileNotFoundError(f"no fine-tuned classifier in {path}: run chapter 07, or pass rebuild=True")
         print(f"no fine-tuned classifier in {path}: training a quick one (about a minute) ...", flush=True)
         rebuild_classifier(path, device=device)
-    model = BertForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
+    model = load_model(path, model_class=BertForSequenceClassification).to(device).eval()
     info_file = path / "training.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return model, AutoTokenizer.from_pretrained(path), info

@@ -635,3 +635,53 @@ def check_freeze_all_but(freeze_all_but: Callable[[nn.Module, list], int]) -> No
             raise CheckFailed(f"keep={keep}: requires_grad is wrong for {wrong[:3]}")
         count = sum(p.numel() for n, p in names.items() if expected[n])
         _expect_number(got, count, f"keep={keep}: the number of trainable elements", atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 09: compression
+
+
+@_exercise("9.1", "a magnitude-pruning mask")
+def check_magnitude_mask(magnitude_mask: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """``magnitude_mask(weight, amount)``: a float 0/1 tensor like ``weight`` with 0 at the
+    ``round(amount · weight.numel())`` entries of smallest absolute value (as
+    ``torch.nn.utils.prune.l1_unstructured``), 1 elsewhere."""
+    from course_lib.prune import magnitude_mask as reference
+
+    g = _generator(91)
+    for shape, amount in (((6, 5), 0.5), ((10, 20), 0.3), ((4, 4), 0.0), ((3, 7), 1.0)):
+        weight = torch.randn(shape, generator=g) - 0.2  # negative weights of large size must be kept
+        _expect_tensor(_call(magnitude_mask, weight, amount), reference(weight, amount),
+                       f"weight {_shape(weight)}, amount={amount}", atol=0, rtol=0)
+
+
+@_exercise("9.2", "symmetric int8 quantization of a tensor")
+def check_symmetric_quantize(symmetric_quantize: Callable[[torch.Tensor, int], tuple]) -> None:
+    """``symmetric_quantize(x, bits)`` → ``(q, scale)``: scale = max|x| / (2^(bits-1) - 1) as a
+    0-dim float tensor, q = round(x / scale) clamped to ±(2^(bits-1) - 1), as torch.int8."""
+    from course_lib.quantize import qparams, quantize
+
+    g = _generator(92)
+    for shape, bits in (((5, 7), 8), ((30,), 8), ((4, 6), 4)):
+        x = torch.randn(shape, generator=g) * 3
+        out = _call(symmetric_quantize, x, bits)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise CheckFailed(f"x {_shape(x)}, bits={bits}: expected a tuple (q, scale), got {type(out).__name__}")
+        q, scale = out
+        params = qparams(x, bits, symmetric=True)
+        case = f"x {_shape(x)}, bits={bits}"
+        _expect_number(scale, params.scale.item(), f"{case}: scale", atol=1e-7, rtol=1e-6)
+        _expect_tensor(q, quantize(x, params), f"{case}: q", atol=0, rtol=0)
+
+
+@_exercise("9.3", "one scale per output channel")
+def check_per_channel_scales(per_channel_scales: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """``per_channel_scales(weight, bits)``: for a weight (out, in), the symmetric scale of each
+    output row, max|row| / (2^(bits-1) - 1), shape (out,)."""
+    from course_lib.quantize import qparams
+
+    g = _generator(93)
+    for shape, bits in (((4, 9), 8), ((16, 3), 8), ((5, 5), 4)):
+        weight = torch.randn(shape, generator=g) * torch.logspace(-2, 1, shape[0])[:, None]
+        _expect_tensor(_call(per_channel_scales, weight, bits), qparams(weight, bits, axis=0).scale,
+                       f"weight {_shape(weight)}, bits={bits}", atol=1e-8, rtol=1e-5)

@@ -71,3 +71,52 @@ def attention_explorer(attend: AttendFn, sentences: Sequence[str], interactive: 
 
     plot = widgets.interactive_output(draw, {"sentence": sentence, "layer": layer, "head": head})
     return widgets.VBox([widgets.HBox([sentence, layer, head]), plot])
+
+
+def _draw_quantization(weight: torch.Tensor, bits: int, per_channel: bool, symmetric: bool) -> None:
+    """Left: a slice of the weights before and after the round trip; right: SQNR against bits."""
+    from course_lib.quantize import fake_quantize, quantization_error
+
+    axis = 0 if per_channel else None
+    row = weight[0, :64].float()
+    rounded = fake_quantize(weight, bits, symmetric, axis)[0, :64]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2))
+    left.plot(row.numpy(), "o", ms=3, label="fp32")
+    left.step(range(len(rounded)), rounded.numpy(), where="mid", lw=1, label=f"int{bits} round trip")
+    left.set_xlabel("weight index (first row, first 64)")
+    left.set_title(f"{bits} bits, {'per channel' if per_channel else 'per tensor'}, "
+                   f"{'symmetric' if symmetric else 'asymmetric'}")
+    left.legend(fontsize=8)
+    all_bits = list(range(2, 9))
+    for channel, style in ((False, "o-"), (True, "s-")):
+        sqnr = [quantization_error(weight, b, symmetric, 0 if channel else None)["sqnr_db"] for b in all_bits]
+        right.plot(all_bits, sqnr, style, label="per channel" if channel else "per tensor")
+    right.axvline(bits, color="grey", ls=":")
+    right.set_xlabel("bits")
+    right.set_ylabel("signal-to-noise (dB), higher is better")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def quantization_explorer(weight: torch.Tensor, interactive: bool | None = None):
+    """Choose bits, per-tensor or per-channel, symmetric or not; see the rounding of a real weight
+    matrix and the error it costs. Static (8 bits, per channel, symmetric) when headless."""
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ValueError(f"weight must be a 2-D tensor (out, in), got {getattr(weight, 'shape', type(weight).__name__)}")
+    weight = weight.detach().float().cpu()
+    if interactive is None:
+        interactive = not headless()
+    if not interactive:
+        _draw_quantization(weight, 8, True, True)
+        return None
+
+    import ipywidgets as widgets
+
+    bits = widgets.IntSlider(value=8, min=2, max=8, description="bits")
+    per_channel = widgets.Checkbox(value=True, description="per channel")
+    symmetric = widgets.Checkbox(value=True, description="symmetric")
+    plot = widgets.interactive_output(
+        lambda bits, per_channel, symmetric: _draw_quantization(weight, bits, per_channel, symmetric),
+        {"bits": bits, "per_channel": per_channel, "symmetric": symmetric})
+    return widgets.VBox([widgets.HBox([bits, per_channel, symmetric]), plot])

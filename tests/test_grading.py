@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import finetune, grading, train
+from course_lib import finetune, grading, prune, train
 from course_lib.autograd import Value
 
 
@@ -273,7 +273,40 @@ CASES = {
          (lambda m, keep: _freeze(m, keep, count="tensors"), "the number of trainable elements: value differs"),
          (lambda m, keep: _freeze(m, keep, freeze=False), "keep=['classifier']: requires_grad is wrong")],
     ),
+    "9.1": (
+        grading.check_magnitude_mask,
+        lambda w, a: prune.magnitude_mask(w, a),
+        [(lambda w, a: _mask_without_abs(w, a), "amount=0.5: values differ"),
+         (lambda w, a: (w.abs() > w.abs().flatten().kthvalue(max(1, round(a * w.numel()))).values).float(), "amount=0.0: values differ")],
+    ),
+    "9.2": (
+        grading.check_symmetric_quantize,
+        lambda x, b: _symmetric(x, b),
+        [(lambda x, b: _symmetric(x, b, qmax=2 ** b - 1), "scale: value differs"),
+         (lambda x, b: (_symmetric(x, b)[0].float(), _symmetric(x, b)[1]), "q: output dtype torch.float32"),
+         (lambda x, b: _symmetric(x, b)[0], "expected a tuple (q, scale)")],
+    ),
+    "9.3": (
+        grading.check_per_channel_scales,
+        lambda w, b: w.abs().amax(dim=1) / (2 ** (b - 1) - 1),
+        [(lambda w, b: w.abs().amax(dim=0) / (2 ** (b - 1) - 1), "output shape (9,)"),
+         (lambda w, b: w.abs().amax(dim=1) / 127, "bits=4: values differ")],
+    ),
 }
+
+
+def _mask_without_abs(w, a):
+    mask = torch.ones_like(w)
+    n = round(a * w.numel())
+    if n:
+        mask.view(-1)[torch.topk(w.flatten(), n, largest=False).indices] = 0  # forgets the absolute value
+    return mask
+
+
+def _symmetric(x, bits, qmax=None):
+    qmax = qmax or 2 ** (bits - 1) - 1
+    scale = x.abs().max() / qmax
+    return torch.round(x / scale).clamp(-qmax, qmax).to(torch.int8), scale
 
 
 def _ece(p, y, n, weighted=True, confidence_of=None):

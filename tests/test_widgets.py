@@ -40,3 +40,20 @@ def test_a_wrong_attend_function_is_a_clear_error():
         widgets.attention_explorer(lambda s: (list(s), [torch.zeros(2, 3)]), ["abc"], interactive=False)
     with pytest.raises(ValueError, match="sentences must not be empty"):
         widgets.attention_explorer(_attend, [])
+
+
+def test_quantization_explorer_static_and_interactive(monkeypatch):
+    weight = torch.randn(8, 80, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    plt.close("all")
+    assert widgets.quantization_explorer(weight) is None
+    left, right = plt.gcf().axes
+    assert left.get_title() == "8 bits, per channel, symmetric"
+    per_tensor, per_channel = (line.get_ydata() for line in right.get_lines()[:2])
+    assert all(c >= t for c, t in zip(per_channel, per_tensor))
+    plt.close("all")
+    monkeypatch.setenv("COURSE_HEADLESS", "0")
+    bits, channel, symmetric = widgets.quantization_explorer(weight).children[0].children
+    assert (bits.min, bits.max, bits.value, channel.value, symmetric.value) == (2, 8, 8, True, True)
+    with pytest.raises(ValueError, match=r"weight must be a 2-D tensor \(out, in\)"):
+        widgets.quantization_explorer(torch.zeros(3))
