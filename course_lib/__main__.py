@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_lib run|doctor|exercises|grade``. Thin: parses arguments and
+"""Command line: ``python -m course_lib run|doctor|exercises|grade|serve``. Thin: parses arguments and
 calls the modules that do the work."""
 
 from __future__ import annotations
@@ -80,6 +80,17 @@ def _grade(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from course_lib.serve import serve
+
+    if not (args.model / "config.json").is_file():
+        print(f"error: {args.model} is not a model folder (no config.json); chapter 07 saves one in "
+              "checkpoints/07_classifier, chapter 10 exports ONNX folders", file=sys.stderr)
+        return 2
+    serve(args.model, backend=args.backend, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--junit", type=Path, help="write JUnit XML here")
     grade.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per cell (default: 60)")
     grade.set_defaults(handler=_grade)
+
+    serve = commands.add_parser("serve", help="serve a classifier over HTTP (FastAPI + uvicorn)")
+    serve.add_argument("--model", type=Path, required=True, help="model folder (save_pretrained or ONNX export)")
+    serve.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--threads", type=int, default=1, help="compute threads for inference (default: 1)")
+    serve.set_defaults(handler=_serve)
     return parser
 
 

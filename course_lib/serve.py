@@ -1,0 +1,170 @@
+"""The classifier as an HTTP service: a FastAPI app factory, two inference backends (eager
+PyTorch and onnxruntime), and the launcher behind ``python -m course_lib serve``.
+
+Requests are validated by pydantic before the model sees them: bad input gets a 4xx answer that
+says what is wrong, and the service keeps serving. ``/predict`` is a plain (sync) endpoint, so
+FastAPI runs inference in its thread pool, off the event loop; the number of compute threads is
+set once, deliberately, when the service starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_TEXTS = 32
+MAX_CHARS = 2000
+MAX_TOKENS = 128
+BACKENDS = ("torch", "onnx")
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHARS)]
+
+
+class PredictRequest(BaseModel):
+    """One text, or a list of 1 to ``MAX_TEXTS`` texts, each 1 to ``MAX_CHARS`` characters."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model_version: str
+
+
+class Predictor(ABC):
+    """Texts in, class probabilities out, for one backend; ``version`` names the weights."""
+
+    backend = ""
+
+    def __init__(self, folder: str | Path):
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        config = json.loads((self.folder / "config.json").read_text())
+        self.labels = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"])))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.version = _version(self.folder)
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
+    @abstractmethod
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backend's forward pass."""
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.logits(*self.encode(texts)).float().softmax(-1)
+
+
+class TorchPredictor(Predictor):
+    """Eager PyTorch on a ``save_pretrained`` folder (chapter 07's classifier)."""
+
+    backend = "torch"
+
+    def __init__(self, folder: str | Path):
+        from transformers import BertForSequenceClassification
+
+        from course_lib.pretrained import load_model
+
+        super().__init__(folder)
+        self.model = load_model(self.folder, model_class=BertForSequenceClassification).eval()
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class OnnxPredictor(Predictor):
+    """onnxruntime on a folder written by :func:`course_lib.export.export_onnx`."""
+
+    backend = "onnx"
+
+    def __init__(self, folder: str | Path, threads: int = 1, file: str = "model.onnx"):
+        from course_lib.export import onnx_session
+
+        super().__init__(folder)
+        self.session = onnx_session(self.folder / file, threads)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from course_lib.export import onnx_logits
+
+        return onnx_logits(self.session, input_ids, attention_mask)
+
+
+def _version(folder: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of the weights file: changes exactly when they do."""
+    weights = next((folder / name for name in ("model.safetensors", "model.onnx") if (folder / name).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder} holds neither model.safetensors nor model.onnx")
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{weights.name}:{digest.hexdigest()[:12]}"
+
+
+def load_predictor(folder: str | Path, backend: str = "torch", threads: int = 1) -> Predictor:
+    """The predictor for ``backend`` (``"torch"`` or ``"onnx"``), after setting compute threads."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
+    torch.set_num_threads(threads)
+    return TorchPredictor(folder) if backend == "torch" else OnnxPredictor(folder, threads)
+
+
+def create_app(predictor: Predictor) -> Any:
+    """The FastAPI application: ``POST /predict``, ``GET /health``, ``GET /metadata`` (and the
+    OpenAPI docs FastAPI generates at ``/docs``)."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="llm-course sentiment classifier", version=predictor.version,
+                  description="Chapter 07's fine-tuned MiniLM: is a movie-review sentence positive or negative?")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    def metadata() -> dict[str, Any]:
+        return {"labels": list(predictor.labels), "backend": predictor.backend, "model_version": predictor.version,
+                "max_texts": MAX_TEXTS, "max_chars": MAX_CHARS, "max_tokens": MAX_TOKENS}
+
+    @app.post("/predict")
+    def predict(request: PredictRequest) -> PredictResponse:
+        texts = [request.texts] if isinstance(request.texts, str) else request.texts
+        probabilities = predictor(texts)
+        predictions = [Prediction(label=predictor.labels[int(row.argmax())],
+                                  probabilities={label: round(p, 6) for label, p in zip(predictor.labels, row.tolist())})
+                       for row in probabilities]
+        return PredictResponse(predictions=predictions, model_version=predictor.version)
+
+    return app
+
+
+def serve(folder: str | Path, backend: str = "torch", host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
+    """Load the model and run the service with uvicorn until interrupted."""
+    import uvicorn
+    from transformers.utils import logging
+
+    from course_lib.runtime import quiet_import_logs
+
+    quiet_import_logs()  # a server's log should hold requests and errors, not import chatter
+    logging.disable_progress_bar()
+    app = create_app(load_predictor(folder, backend, threads))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
