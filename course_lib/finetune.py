@@ -177,22 +177,6 @@ def fine_tune(model: nn.Module, loaders: Mapping[str, DataLoader], *, epochs: in
                      scheduler=scheduler, max_grad_norm=max_grad_norm, device=device, progress=progress)
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
-                  max_length: int = 128, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Class probabilities (N, C) for raw sentences, in order, computed in batches."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a sequence of str")
-    model.eval().to(device)
-    parts = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        logits = model(**train.to_device(dict(batch), device)).logits
-        parts.append(logits.float().softmax(-1).cpu())
-    return torch.cat(parts) if parts else torch.empty(0, model.config.num_labels)
-
-
 def confident_errors(texts: Sequence[str], probabilities: torch.Tensor, labels: torch.Tensor, k: int = 5,
                      names: Sequence[str] = LABELS) -> list[dict[str, Any]]:
     """The ``k`` wrong predictions made with the highest confidence, most confident first."""
