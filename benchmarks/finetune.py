@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     preset = PRESETS["fast" if args.fast else "default"]
-    session = setup(seed=args.seed, device=args.device, threads=args.threads)
+    session = setup(seed=args.seed, device=args.device, threads=args.threads, fast=args.fast)
 
     tokenizer = load_tokenizer()
     data = load_movie_reviews()
