@@ -9,7 +9,6 @@ set once, deliberately, when the service starts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -110,11 +109,9 @@ def _version(folder: Path) -> str:
     weights = next((folder / name for name in ("model.safetensors", "model.onnx") if (folder / name).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{folder} holds neither model.safetensors nor model.onnx")
-    digest = hashlib.sha256()
-    with weights.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{weights.name}:{digest.hexdigest()[:12]}"
+    from course_lib.data import sha256
+
+    return f"{weights.name}:{sha256(weights)[:12]}"
 
 
 def load_predictor(folder: str | Path, backend: str = "torch", threads: int = 1) -> Predictor:
