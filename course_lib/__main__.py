@@ -87,7 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {args.model} is not a model folder (no config.json); chapter 07 saves one in "
               "checkpoints/07_classifier, chapter 10 exports ONNX folders", file=sys.stderr)
         return 2
-    serve(args.model, backend=args.backend, host=args.host, port=args.port, threads=args.threads)
+    serve(args.model, backend=args.backend, host=args.host, port=args.port, threads=args.threads,
+          parent_pid=args.parent_pid)
     return 0
 
 
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, default=1, help="compute threads for inference (default: 1)")
+    serve.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone (used by notebooks)")
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -9,7 +9,11 @@ Every export is checked against eager PyTorch on real sentences of several shape
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import logging
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +81,30 @@ def export_onnx(model: nn.Module, tokenizer: Any, folder: str | Path, inputs: tu
     the folder is all a server needs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    program = torch.onnx.export(LogitsOnly(model).eval(), inputs, dynamo=True, external_data=False,
-                                input_names=list(INPUT_NAMES), output_names=["logits"],
-                                dynamic_shapes=_dynamic_shapes(max_length))
+    with _quiet_exporter():
+        program = torch.onnx.export(LogitsOnly(model).eval(), inputs, dynamo=True, external_data=False, verbose=False,
+                                    input_names=list(INPUT_NAMES), output_names=["logits"],
+                                    dynamic_shapes=_dynamic_shapes(max_length))
     program.save(str(folder / ONNX_FILE), external_data=False)
     tokenizer.save_pretrained(folder)
     model.config.save_pretrained(folder)
     return folder / ONNX_FILE
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter that says nothing about this model: skipped torchvision
+    operators, a pytree deprecation inside torch, and axis names merged into ours."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def onnx_session(path: str | Path, threads: int = 1):
@@ -106,11 +127,35 @@ def onnx_logits(session: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def quantize_onnx(source: str | Path, target: str | Path) -> Path:
-    """onnxruntime's own dynamic int8 quantization of the weights (``quantize_dynamic``)."""
+    """onnxruntime's own dynamic int8 quantization of the weights (``quantize_dynamic``), from a
+    folder written by :func:`export_onnx` to a new folder with the same tokenizer and config, so a
+    server can load either. Returns the new ``model.onnx``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
-    return Path(target)
+    source, target = Path(source), Path(target)
+    if not (source / ONNX_FILE).is_file():
+        raise FileNotFoundError(f"source must be a folder written by export_onnx, but {source / ONNX_FILE} does not exist")
+    if target.resolve() == source.resolve():
+        raise ValueError(f"target must be a different folder from source, got {target} for both")
+    target.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.is_file() and file.name != ONNX_FILE:
+            shutil.copy2(file, target / file.name)
+
+    # onnxruntime logs a hint about shape pre-processing on the root logger, which fails for this
+    # graph (its symbolic shape inference is incomplete for the dynamo export); keep the hint out.
+    root = logging.getLogger()
+    hint = logging.Filter()
+    hint.filter = lambda record: "pre-processing before quantization" not in record.getMessage()  # type: ignore[method-assign]
+    placeholder = logging.NullHandler()  # without a handler, logging.warning() would install one for good
+    root.addFilter(hint)
+    root.addHandler(placeholder)
+    try:
+        quantize_dynamic(str(source / ONNX_FILE), str(target / ONNX_FILE), weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(hint)
+        root.removeHandler(placeholder)
+    return target / ONNX_FILE
 
 
 def max_difference(reference: Callable[..., torch.Tensor], candidate: Callable[..., torch.Tensor],

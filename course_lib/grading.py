@@ -685,3 +685,88 @@ def check_per_channel_scales(per_channel_scales: Callable[[torch.Tensor, int], t
         weight = torch.randn(shape, generator=g) * torch.logspace(-2, 1, shape[0])[:, None]
         _expect_tensor(_call(per_channel_scales, weight, bits), qparams(weight, bits, axis=0).scale,
                        f"weight {_shape(weight)}, bits={bits}", atol=1e-8, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 10: deployment
+
+
+@_exercise("10.1", "a latency percentile")
+def check_percentile(percentile: Callable[[list, float], float]) -> None:
+    """``percentile(values, q)``: the q-th percentile (0 ≤ q ≤ 100) of a list of numbers in any
+    order, interpolating linearly between the two nearest ranks (as ``numpy.percentile``)."""
+    import numpy as np
+
+    g = _generator(101)
+    cases = [([5.0], 50), ([3.0, 1.0, 2.0], 50), ([4.0, 1.0, 3.0, 2.0], 50), ([10.0, 0.0], 25)]
+    cases += [(torch.rand(n, generator=g).mul(40).add(5).tolist(), q) for n in (20, 101) for q in (0, 50, 95, 99, 100)]
+    for values, q in cases:
+        case = f"{len(values)} values, q={q}"
+        original = list(values)
+        got = percentile(values, q)
+        if values != original:
+            raise CheckFailed(f"{case}: the list was changed in place (sorted?); sort a copy")
+        _expect_number(got, float(np.percentile(original, q)), case, atol=1e-9, rtol=1e-9)
+
+
+def _describe_payload(payload: Any) -> str:
+    def short(value: Any) -> str:
+        if isinstance(value, str) and len(value) > 12:
+            return f"'{value[0]}' * {len(value)}"
+        if isinstance(value, list) and len(value) > 3:
+            return f"[{short(value[0])}] * {len(value)}"
+        return repr(value)
+
+    if isinstance(payload, dict):
+        return "{" + ", ".join(f"{k!r}: {short(v)}" for k, v in payload.items()) + "}"
+    return short(payload)
+
+
+@_exercise("10.2", "validating a request body")
+def check_validate_texts(validate_texts: Callable[[Any], list]) -> None:
+    """``validate_texts(payload)``: for a valid body (a dict whose only key is ``"texts"``: one
+    string, or a list of 1 to 32 strings; each 1 to 2000 characters after stripping spaces at both
+    ends) the list of stripped texts; for anything else a ``ValueError``. The service's
+    ``PredictRequest`` is the reference."""
+    from course_lib.serve import MAX_CHARS, MAX_TEXTS, PredictRequest
+
+    good = [{"texts": "A fine film."}, {"texts": "  padded  "}, {"texts": ["one", " two ", "three"]},
+            {"texts": ["x"] * MAX_TEXTS}, {"texts": "y" * MAX_CHARS}]
+    bad = [{"texts": ""}, {"texts": "   "}, {"texts": []}, {"texts": ["ok", ""]}, {"texts": ["z"] * (MAX_TEXTS + 1)},
+           {"texts": "w" * (MAX_CHARS + 1)}, {"texts": 42}, {"texts": ["ok", None]}, {"texts": None},
+           {"text": "a typo in the key"}, {"texts": "ok", "extra": 1}, {}, ["not", "a", "dict"], "texts"]
+    for payload in good:
+        expected = PredictRequest.model_validate(payload).texts
+        got = validate_texts(payload)
+        if got != expected:
+            shown = got if not isinstance(got, list) or len(got) <= 3 else f"a list of {len(got)}"
+            raise CheckFailed(f"payload {_describe_payload(payload)}: returned {shown!r}, expected "
+                              f"{expected if len(expected) <= 3 else f'a list of {len(expected)}'!r}")
+    for payload in bad:
+        try:
+            got = validate_texts(payload)
+        except ValueError:
+            continue
+        raise CheckFailed(f"payload {_describe_payload(payload)} is invalid: expected a ValueError, got a return value")
+
+
+@_exercise("10.3", "padding token ids into a batch")
+def check_pad_batch(pad_batch: Callable[[list, int], tuple]) -> None:
+    """``pad_batch(sequences, pad_id)``: lists of token ids → ``(input_ids, attention_mask)``, both
+    int64 of shape (batch, longest), ids padded on the right with ``pad_id``, mask 1 on real tokens."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    g = _generator(103)
+    cases = [([[101, 7, 102]], 0), ([[101, 2023, 102], [101, 102]], 0), ([[5, 6, 7], [8]], 1), ([[4, 4], [9, 9]], 2)]
+    cases += [([torch.randint(1, 1000, (n,), generator=g).tolist() for n in (4, 9, 1, 6)], 3)]
+    for sequences, pad_id in cases:
+        case = f"lengths {[len(s) for s in sequences]}, pad_id={pad_id}"
+        out = pad_batch([list(s) for s in sequences], pad_id)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise CheckFailed(f"{case}: expected a tuple (input_ids, attention_mask), got {type(out).__name__}")
+        tensors = [torch.tensor(s, dtype=torch.long) for s in sequences]
+        ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id)
+        mask = pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True, padding_value=0)
+        _expect_tensor(out[0], ids, f"{case}: input_ids", atol=0, rtol=0)
+        _expect_tensor(out[1], mask, f"{case}: attention_mask", atol=0, rtol=0)
+

@@ -5,6 +5,7 @@ it, so a notebook can place several in one figure and end the cell with ``plt.sh
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -169,4 +170,21 @@ def plot_reliability(table: dict[str, torch.Tensor], ax: Axes | None = None, lab
     ax.set_xlabel("confidence (highest probability)")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def plot_latencies(results: Sequence[Any], ax: Axes | None = None) -> Axes:
+    """Latency distributions of load tests (``course_lib.serve.LoadResult``) as horizontal box
+    plots on a log scale, with p50, p95 and p99 marked on each."""
+    ax = ax if ax is not None else plt.subplots(figsize=(7, 0.5 + 0.45 * len(results)))[1]
+    data = [[t * 1e3 for t in r.latencies] for r in results]
+    ax.boxplot(data, orientation="horizontal", whis=(1, 99), showfliers=False, widths=0.5)
+    for row, r in enumerate(results, start=1):
+        for q, marker in ((50, "o"), (95, "s"), (99, "^")):
+            ax.plot(r.percentile_ms(q), row, marker, color="C3", ms=5, label=f"p{q}" if row == 1 else None)
+    ax.set_yticks(range(1, len(results) + 1), [r.name for r in results])
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per request (ms, log scale); whiskers at p1 and p99")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
     return ax

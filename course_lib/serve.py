@@ -9,14 +9,24 @@ set once, deliberately, when the service starts.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_TEXTS = 32
 MAX_CHARS = 2000
@@ -27,10 +37,21 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 
 class PredictRequest(BaseModel):
-    """One text, or a list of 1 to ``MAX_TEXTS`` texts, each 1 to ``MAX_CHARS`` characters."""
+    """One text, or a list of 1 to ``MAX_TEXTS`` texts, each 1 to ``MAX_CHARS`` characters after
+    stripping spaces. A single string is read as a list of one, so every error names one rule."""
 
     model_config = ConfigDict(extra="forbid")
-    texts: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]
+    texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS,
+                                       description=f"one text, or a list of 1 to {MAX_TEXTS} texts")]
+
+    @field_validator("texts", mode="before")
+    @classmethod
+    def _one_text_is_a_list_of_one(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise ValueError(f"texts must be a string or a list of strings, got {type(value).__name__}")
+        return value
 
 
 class Prediction(BaseModel):
@@ -144,8 +165,7 @@ def create_app(predictor: Predictor) -> Any:
 
     @app.post("/predict")
     def predict(request: PredictRequest) -> PredictResponse:
-        texts = [request.texts] if isinstance(request.texts, str) else request.texts
-        probabilities = predictor(texts)
+        probabilities = predictor(request.texts)
         predictions = [Prediction(label=predictor.labels[int(row.argmax())],
                                   probabilities={label: round(p, 6) for label, p in zip(predictor.labels, row.tolist())})
                        for row in probabilities]
@@ -154,8 +174,10 @@ def create_app(predictor: Predictor) -> Any:
     return app
 
 
-def serve(folder: str | Path, backend: str = "torch", host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
-    """Load the model and run the service with uvicorn until interrupted."""
+def serve(folder: str | Path, backend: str = "torch", host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
+          parent_pid: int | None = None) -> None:
+    """Load the model and run the service with uvicorn until interrupted (or, with ``parent_pid``,
+    until that process is gone: a service started by a notebook must not outlive its kernel)."""
     import uvicorn
     from transformers.utils import logging
 
@@ -164,4 +186,226 @@ def serve(folder: str | Path, backend: str = "torch", host: str = "127.0.0.1", p
     quiet_import_logs()  # a server's log should hold requests and errors, not import chatter
     logging.disable_progress_bar()
     app = create_app(load_predictor(folder, backend, threads))
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(0)  # the parent died without stopping us (e.g. a killed kernel): nobody is left to ask
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``python -m course_lib serve`` as a child process on a free loopback port.
+
+    ``start()`` returns once ``/health`` answers (or raises with the server's log); ``stop()``
+    terminates it by its PID. Use it as a context manager; it is also stopped when the Python
+    process exits, and the server exits by itself if its parent dies, so no server is left running.
+    """
+
+    def __init__(self, folder: str | Path, backend: str = "torch", threads: int = 1, host: str = "127.0.0.1",
+                 port: int | None = None, startup_timeout: float = 120.0):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.folder, self.backend, self.threads, self.host = Path(folder), backend, threads, host
+        self.port = port if port is not None else free_port(host)
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self._final_log = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> ServiceProcess:
+        if self.process is not None:
+            raise RuntimeError(f"this service was started before (PID {self.pid}); make a new ServiceProcess")
+        command = [sys.executable, "-m", "course_lib", "serve", "--model", str(self.folder), "--backend", self.backend,
+                   "--host", self.host, "--port", str(self.port), "--threads", str(self.threads),
+                   "--parent-pid", str(os.getpid())]
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
+        atexit.register(self.stop)
+        try:
+            self._wait_until_healthy()
+        except BaseException:  # a failed start, or an interrupt while waiting: leave nothing behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_healthy(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with code {self.process.returncode} before answering; "
+                                   f"its log:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service did not answer /health within {self.startup_timeout:.0f} s; "
+                                   f"its log:\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        """What the server printed so far (uvicorn logs warnings and errors only)."""
+        if self._log.closed:
+            return self._final_log
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self) -> int | None:
+        """Terminate the server (SIGTERM, then SIGKILL after 20 s); its exit code, None if never started."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        atexit.unregister(self.stop)
+        if not self._log.closed:
+            self._final_log = self.log()
+            self._log.close()
+        return self.process.returncode
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load test saw: one latency per answered request (seconds), the failures, the wall time."""
+
+    name: str
+    latencies: tuple[float, ...]
+    failures: int
+    seconds: float
+    concurrency: int
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + self.failures
+
+    @property
+    def throughput(self) -> float:
+        """Answered requests per second of wall time."""
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile (0-100, linear interpolation) of the latencies in milliseconds."""
+        import numpy as np
+
+        return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {"name": self.name, "concurrency": self.concurrency, "requests": self.requests, "failures": self.failures,
+                "p50_ms": self.percentile_ms(50), "p95_ms": self.percentile_ms(95), "p99_ms": self.percentile_ms(99),
+                "requests_per_s": self.throughput}
+
+
+def load_test(url: str, texts: Sequence[str], requests: int = 200, concurrency: int = 1, warmup: int = 10,
+              timeout: float = 30.0, name: str = "") -> LoadResult:
+    """Send ``requests`` POST /predict calls (one text each, cycling through ``texts``) from
+    ``concurrency`` threads, each with its own keep-alive connection, after ``warmup`` untimed ones.
+    A request fails when it gets no answer, a non-200 status, or the wrong number of predictions."""
+    import httpx
+
+    for argument, value, least in (("requests", requests, 1), ("concurrency", concurrency, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{argument} must be an int >= {least}, got {value!r}")
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty sequence of str")
+    with httpx.Client(timeout=timeout) as client:
+        for i in range(warmup):
+            client.post(f"{url}/predict", json={"texts": texts[i % len(texts)]}).raise_for_status()
+
+    jobs = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> tuple[list[float], int]:
+        latencies, failures = [], 0
+        with httpx.Client(timeout=timeout) as client:
+            while True:
+                with lock:
+                    i = next(jobs, None)
+                if i is None:
+                    return latencies, failures
+                start = time.perf_counter()
+                try:
+                    answer = client.post(f"{url}/predict", json={"texts": texts[i % len(texts)]})
+                    ok = answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    failures += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(lambda _: worker(), range(concurrency)))
+    seconds = time.perf_counter() - start
+    return LoadResult(name or url, tuple(t for latencies, _ in outcomes for t in latencies),
+                      sum(f for _, f in outcomes), seconds, concurrency)
+
+
+def compare_backends(folders: dict[str, tuple[str | Path, str]], texts: Sequence[str], requests: int = 200,
+                     concurrencies: Sequence[int] = (1, 8), threads: int = 1, warmup: int = 10) -> list[LoadResult]:
+    """Start each ``name: (folder, backend)`` service in turn (only one runs at a time, so they do
+    not compete for the cores) and load-test it at each concurrency. Results are named
+    ``"<name> @<concurrency>"``, in order."""
+    results = []
+    for name, (folder, backend) in folders.items():
+        with ServiceProcess(folder, backend, threads=threads) as service:
+            for concurrency in concurrencies:
+                results.append(load_test(service.url, texts, requests, concurrency, warmup=warmup,
+                                         name=f"{name} @{concurrency}"))
+    return results
+
+
+def load_table(results: Sequence[LoadResult], baseline: str | None = None) -> str:
+    """The load-test results as a text table, with each row's requests/s over the baseline row at
+    the same concurrency (``baseline`` names a backend, default: the first)."""
+    if not results:
+        raise ValueError("results must not be empty")
+    backends = [r.name.rsplit(" @", 1)[0] for r in results]
+    base_name = baseline or backends[0]
+    if base_name not in backends:
+        raise ValueError(f"baseline must be one of {sorted(set(backends))}, got {base_name!r}")
+    base = {r.concurrency: r.throughput for r, b in zip(results, backends) if b == base_name}
+    width = max(len("service"), *(len(r.name) for r in results))
+    lines = [f"{'service':<{width}}  {'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  {'req/s':>7}  {'failed':>6}  "
+             f"{'req/s vs ' + base_name}"]
+    for r in results:
+        ratio = f"{r.throughput / base[r.concurrency]:.2f}x" if r.concurrency in base else "-"
+        lines.append(f"{r.name:<{width}}  {r.percentile_ms(50):>7.1f}  {r.percentile_ms(95):>7.1f}  "
+                     f"{r.percentile_ms(99):>7.1f}  {r.throughput:>7.1f}  {r.failures:>6}  {ratio}")
+    return "\n".join(lines)

@@ -50,8 +50,9 @@ def test_onnx_export_is_one_file_with_the_tokenizer_and_matches(model, tokenizer
     onnx_fn = lambda ids, mask: export.onnx_logits(session, ids, mask)  # noqa: E731
     assert export.max_difference(_eager(model), onnx_fn, _batches(tokenizer)) < 1e-4
 
-    quantized = export.quantize_onnx(path, tmp_path / "model.int8.onnx")
-    assert quantized.stat().st_size < path.stat().st_size
+    quantized = export.quantize_onnx(tmp_path, tmp_path / "int8")
+    assert quantized == tmp_path / "int8" / export.ONNX_FILE and quantized.stat().st_size < path.stat().st_size
+    assert (tmp_path / "int8" / "tokenizer.json").is_file() and (tmp_path / "int8" / "config.json").is_file()
     int8 = export.onnx_session(quantized)
     assert export.max_difference(_eager(model), lambda i, m: export.onnx_logits(int8, i, m), _batches(tokenizer)) < 0.1
 
@@ -64,3 +65,18 @@ def test_onnx_export_is_one_file_with_the_tokenizer_and_matches(model, tokenizer
 def test_bad_input_is_a_clear_error(model, tokenizer, call, message):
     with pytest.raises(ValueError, match=message):
         call(model, tokenizer)
+
+
+def test_quantize_onnx_needs_an_exported_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="folder written by export_onnx"):
+        export.quantize_onnx(tmp_path, tmp_path / "int8")
+    (tmp_path / export.ONNX_FILE).write_bytes(b"")
+    with pytest.raises(ValueError, match="different folder"):
+        export.quantize_onnx(tmp_path, tmp_path)
+
+
+def test_exporting_prints_nothing(model, tokenizer, tmp_path, capfd, recwarn):
+    export.export_onnx(model, tokenizer, tmp_path / "fp32", export.example_inputs(tokenizer, SENTENCES[:3]))
+    export.quantize_onnx(tmp_path / "fp32", tmp_path / "int8")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "" and not [str(w.message) for w in recwarn]

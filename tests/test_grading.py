@@ -292,7 +292,67 @@ CASES = {
         [(lambda w, b: w.abs().amax(dim=0) / (2 ** (b - 1) - 1), "output shape (9,)"),
          (lambda w, b: w.abs().amax(dim=1) / 127, "bits=4: values differ")],
     ),
+    "10.1": (
+        grading.check_percentile,
+        lambda v, q: _percentile(v, q),
+        [(lambda v, q: sorted(v)[min(len(v) - 1, round(q / 100 * (len(v) - 1)))], "4 values, q=50: value differs"),
+         (lambda v, q: _percentile(v, q, sort=False), "3 values, q=50: value differs"),
+         (lambda v, q: (v.sort(), _percentile(v, q))[1], "changed in place")],
+    ),
+    "10.2": (
+        grading.check_validate_texts,
+        lambda p: _validate(p),
+        [(lambda p: _validate(p, strip=False), "payload {'texts': '  padded  '}: returned ['  padded  ']"),
+         (lambda p: _validate(p, check_keys=False), "payload {'texts': 'ok', 'extra': 1} is invalid"),
+         (lambda p: _validate(p, limit=False), "payload {'texts': ['z'] * 33} is invalid"),
+         (lambda p: _validate(p, strip_first=False), "payload {'texts': '   '} is invalid")],
+    ),
+    "10.3": (
+        grading.check_pad_batch,
+        lambda seqs, pad: _pad(seqs, pad),
+        [(lambda seqs, pad: _pad(seqs, pad, mask_dtype=torch.bool), "attention_mask: output dtype torch.bool"),
+         (lambda seqs, pad: _pad(seqs, 0), "pad_id=1: input_ids: values differ"),
+         (lambda seqs, pad: _pad(seqs, pad, left=True), "lengths [3, 2], pad_id=0: input_ids: values differ")],
+    ),
 }
+
+
+def _percentile(values, q, sort=True):
+    v = sorted(values) if sort else list(values)
+    position = q / 100 * (len(v) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(v) - 1)
+    return v[low] + (v[high] - v[low]) * (position - low)
+
+
+def _validate(payload, strip=True, check_keys=True, limit=True, strip_first=True):
+    if not isinstance(payload, dict) or "texts" not in payload or (check_keys and set(payload) != {"texts"}):
+        raise ValueError("the body must be {'texts': ...}")
+    texts = payload["texts"]
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or (limit and len(texts) > 32):
+        raise ValueError("texts must be a string or a list of 1 to 32 strings")
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("every text must be a string")
+    if not strip_first and not all(texts):
+        raise ValueError("empty text")
+    texts = [t.strip() if strip else t for t in texts]
+    if strip_first and not all(t.strip() for t in texts):
+        raise ValueError("empty text")
+    if not all(len(t) <= 2000 for t in texts):
+        raise ValueError("text too long")
+    return texts
+
+
+def _pad(sequences, pad_id, mask_dtype=torch.long, left=False):
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=mask_dtype)
+    for row, s in enumerate(sequences):
+        start = longest - len(s) if left else 0
+        ids[row, start:start + len(s)] = torch.tensor(s)
+        mask[row, start:start + len(s)] = 1
+    return ids, mask
 
 
 def _mask_without_abs(w, a):

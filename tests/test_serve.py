@@ -2,7 +2,6 @@
 concurrent requests, both backends, and the real server process started and stopped."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -10,27 +9,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
-from course_lib import export, finetune, serve
+from course_lib import export, serve
 from course_lib.pretrained import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny classifier saved as chapter 07 saves its model, plus its ONNX export beside it."""
-    folder = tmp_path_factory.mktemp("classifier")
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, num_labels=2, id2label={0: "negative", 1: "positive"},
-                        label2id={"negative": 0, "positive": 1})
-    model = BertForSequenceClassification(config).eval()
-    finetune.save_classifier(model, tokenizer, folder, {"test_accuracy": 0.5})
-    export.export_onnx(model, tokenizer, folder / "onnx", export.example_inputs(tokenizer, ["a good film", "a dull one"]))
-    return folder
+def model_dir(tiny_classifier):
+    """The tiny classifier, with its ONNX export beside it."""
+    if not (tiny_classifier / "onnx" / export.ONNX_FILE).is_file():
+        model = BertForSequenceClassification.from_pretrained(tiny_classifier).eval()
+        tokenizer = load_tokenizer(tiny_classifier)
+        inputs = export.example_inputs(tokenizer, ["a good film", "a dull one"])
+        export.export_onnx(model, tokenizer, tiny_classifier / "onnx", inputs)
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,8 @@ def test_predict_one_text_and_a_list(client):
     ({"texts": []}, "at least 1 item"),
     ({"texts": ["fine"] * (serve.MAX_TEXTS + 1)}, f"at most {serve.MAX_TEXTS} items"),
     ({"texts": "x" * (serve.MAX_CHARS + 1)}, f"at most {serve.MAX_CHARS} characters"),
-    ({"texts": 42}, "valid string"),
+    ({"texts": 42}, "texts must be a string or a list of strings, got int"),
+    ({"texts": None}, "texts must be a string or a list of strings, got NoneType"),
     ({"texts": ["ok", None]}, "valid string"),
     ({"text": "typo in the field name"}, "Field required"),
     ({"texts": "ok", "extra": 1}, "Extra inputs are not permitted"),
@@ -111,14 +106,8 @@ def test_loading_errors_are_clear(tmp_path, model_dir):
         serve.load_predictor(tmp_path, "torch")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_real_server_process_starts_answers_and_stops(model_dir):
-    port = _free_port()
+    port = serve.free_port()
     server = subprocess.Popen([sys.executable, "-m", "course_lib", "serve", "--model", str(model_dir), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -150,3 +139,80 @@ def test_cli_refuses_a_folder_without_a_model(tmp_path):
     result = subprocess.run([sys.executable, "-m", "course_lib", "serve", "--model", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is not a model folder" in result.stderr
+
+
+def test_service_process_load_test_and_stop(model_dir):
+    with serve.ServiceProcess(model_dir, "torch") as service:
+        assert service.running() and service.url == f"http://127.0.0.1:{service.port}"
+        sequential = serve.load_test(service.url, ["a fine film", "a dull film"], requests=20, concurrency=1, warmup=2)
+        parallel = serve.load_test(service.url, ["a fine film", "a dull film"], requests=24, concurrency=4, warmup=0)
+        half_bad = serve.load_test(service.url, ["a fine film", ""], requests=10, concurrency=2, warmup=0)
+        assert httpx.get(f"{service.url}/health").json() == {"status": "ok"}  # still up after the 422s
+    assert not service.running() and service.process.returncode is not None
+    assert isinstance(service.log(), str)  # still readable once stopped
+    with pytest.raises(RuntimeError, match="was started before"):
+        service.start()
+    assert sequential.failures == 0 and len(sequential.latencies) == 20 and sequential.concurrency == 1
+    assert parallel.failures == 0 and len(parallel.latencies) == 24 and parallel.throughput > 0
+    assert half_bad.failures == 5 and len(half_bad.latencies) == 5
+    summary = sequential.summary()
+    assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] and summary["requests"] == 20
+
+
+def test_service_process_reports_a_failed_start(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # looks like a model folder, but loading fails
+    service = serve.ServiceProcess(tmp_path, "torch")
+    with pytest.raises(RuntimeError, match="exited with code .* before answering"):
+        service.start()
+    assert not service.running()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        serve.ServiceProcess(tmp_path, "tensorrt")
+
+
+def test_the_server_exits_when_its_parent_dies(model_dir):
+    """A notebook kernel killed mid-chapter must not leave its server behind."""
+    script = ("import os, signal, sys\n"
+              "from course_lib import serve\n"
+              f"service = serve.ServiceProcess({str(model_dir)!r}).start()\n"
+              "print(service.pid, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    server_pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while _alive(server_pid):
+        assert time.monotonic() < deadline, f"server {server_pid} outlived its parent"
+        time.sleep(0.2)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"  # a zombie has exited; only its entry is left
+    except FileNotFoundError:
+        return False
+
+
+def test_load_result_percentiles():
+    result = serve.LoadResult("x", tuple(i / 1000 for i in range(1, 101)), failures=2, seconds=2.0, concurrency=1)
+    assert result.requests == 102 and result.throughput == 50
+    assert result.percentile_ms(50) == pytest.approx(50.5) and result.percentile_ms(99) == pytest.approx(99.01)
+    with pytest.raises(ValueError, match="concurrency must be an int >= 1, got 0"):
+        serve.load_test("http://127.0.0.1:9", ["x"], concurrency=0)
+
+
+def test_load_table_and_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.plots import plot_latencies
+
+    results = [serve.LoadResult(f"{name} @{c}", tuple(s / 1000 for s in range(1, 11)), 0, seconds, c)
+               for name, seconds in (("torch fp32", 1.0), ("onnx int8", 0.25)) for c in (1, 8)]
+    table = serve.load_table(results).splitlines()
+    assert table[0].split()[-1] == "fp32" and "req/s vs torch fp32" in table[0]
+    assert table[1].endswith("1.00x") and table[3].endswith("4.00x") and table[4].endswith("4.00x")
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        serve.load_table(results, baseline="tensorrt")
+    ax = plot_latencies(results)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [r.name for r in results]
+    assert ax.get_xscale() == "log" and len(ax.lines) >= 3 * len(results)
