@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import BertConfig, BertForSequenceClassification
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -16,6 +17,33 @@ def _script(name):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def test_gpu_finetune_tiny_on_cpu(capsys, tmp_path):
+    rows = _script("gpu_finetune").main(["--tiny", "--variants", "fp32,tf32,bf16", "--steps", "1", "--warmup", "0",
+                                         "--device", "cpu", "--json", str(tmp_path / "rows.json")])
+    out = capsys.readouterr().out
+    assert "skipping the GPU-only variants tf32" in out and "vs fp32" in out
+    assert [r.variant for r in rows] == ["fp32", "bf16"] and all(r.tokens_per_s > 0 and r.tflops > 0 for r in rows)
+    assert (tmp_path / "rows.json").read_text().count('"variant"') == 2
+
+
+def test_gpu_finetune_flops_per_token_counts_matrices_and_attention():
+    module = _script("gpu_finetune")
+    model = BertForSequenceClassification(BertConfig(**module.TINY, num_labels=2))
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in n)
+    assert module.flops_per_token(model, 2, 64, 32) == 6 * matmul + 12 * 2 * 64 * 32
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "fp64"], "--variants must be a comma-separated list"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--device", "cpu", "--variants", "tf32"], "no variant left to run on this device"),
+])
+def test_gpu_finetune_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script("gpu_finetune").main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_serving_benchmark_runs_all_three_services(tiny_classifier, capsys):
