@@ -770,3 +770,63 @@ def check_pad_batch(pad_batch: Callable[[list, int], tuple]) -> None:
         _expect_tensor(out[0], ids, f"{case}: input_ids", atol=0, rtol=0)
         _expect_tensor(out[1], mask, f"{case}: attention_mask", atol=0, rtol=0)
 
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 11: scaling
+
+
+@_exercise("11.1", "the memory of the training state")
+def check_training_state_bytes(training_state_bytes: Callable[[int, str, str], int]) -> None:
+    """``training_state_bytes(parameters, precision, optimizer)``: bytes of weights + gradients +
+    optimizer state for ``precision`` in float32 / bfloat16 / mixed and ``optimizer`` in adamw /
+    sgd_momentum / sgd, as ``course_lib.memory.bytes_per_parameter`` counts them."""
+    from course_lib.memory import OPTIMIZERS, PRECISIONS, bytes_per_parameter
+
+    for parameters in (1, 1000, 7_000_000_000):
+        for precision in PRECISIONS:
+            for optimizer in OPTIMIZERS:
+                expected = parameters * sum(bytes_per_parameter(precision, optimizer).values())
+                got = training_state_bytes(parameters, precision, optimizer)
+                _expect_number(got, expected, f"{parameters:,} parameters, {precision}, {optimizer}", atol=0.5)
+
+
+@_exercise("11.2", "gradient accumulation")
+def check_accumulate_gradients(accumulate_gradients: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], None]) -> None:
+    """``accumulate_gradients(model, x, y, micro_batches)``: leaves in every parameter's ``.grad``
+    the gradient of the mean cross-entropy over the whole batch, computed ``micro_batches`` pieces
+    at a time (``x.split`` into pieces of ``ceil(len(x) / micro_batches)``, the last maybe smaller)."""
+    g = _generator(112)
+    for batch, micro in ((8, 1), (8, 4), (10, 3), (7, 7)):
+        with torch.random.fork_rng(devices=[]):  # the check's own weights; the learner's random state is untouched
+            torch.manual_seed(batch)
+            model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+        x, y = torch.randn(batch, 5, generator=g), torch.randint(0, 3, (batch,), generator=g)
+        reference = copy.deepcopy(model)
+        F.cross_entropy(reference(x), y).backward()
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 7.0)  # stale gradients from an earlier step must not survive
+        _call(accumulate_gradients, model, x, y, micro)
+        for (name, p), r in zip(model.named_parameters(), reference.parameters()):
+            if p.grad is None:
+                raise CheckFailed(f"batch {batch} in {micro} micro-batches: {name}.grad is None")
+            _expect_tensor(p.grad, r.grad, f"batch {batch} in {micro} micro-batches: {name}.grad", atol=1e-6, rtol=1e-5)
+
+
+@_exercise("11.3", "the indices a rank reads")
+def check_rank_indices(rank_indices: Callable[[int, int, int], list]) -> None:
+    """``rank_indices(n, rank, world_size)``: the sample indices rank ``rank`` of ``world_size``
+    reads from a data set of ``n`` (no shuffling): the indices 0..n-1, extended by repeating them
+    from the start until the count divides evenly, then every ``world_size``-th from ``rank``
+    (as ``torch.utils.data.DistributedSampler(shuffle=False)``)."""
+    from torch.utils.data import DistributedSampler
+
+    for n, world in ((8, 2), (10, 4), (3, 4), (1, 2), (12, 3)):
+        for rank in range(world):
+            expected = list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
+            got = rank_indices(n, rank, world)
+            if isinstance(got, torch.Tensor):
+                got = got.tolist()
+            if not isinstance(got, list):
+                raise CheckFailed(f"n={n}, rank {rank} of {world}: expected a list, got {type(got).__name__}")
+            if got != expected:
+                raise CheckFailed(f"n={n}, rank {rank} of {world}: got {got}, expected {expected}")

@@ -314,7 +314,52 @@ CASES = {
          (lambda seqs, pad: _pad(seqs, 0), "pad_id=1: input_ids: values differ"),
          (lambda seqs, pad: _pad(seqs, pad, left=True), "lengths [3, 2], pad_id=0: input_ids: values differ")],
     ),
+    "11.1": (
+        grading.check_training_state_bytes,
+        lambda n, p, o: _state_bytes(n, p, o),
+        [(lambda n, p, o: _state_bytes(n, p, o, master=0), "1 parameters, mixed, adamw: value differs"),
+         (lambda n, p, o: _state_bytes(n, p, o, adam_states=1), "1 parameters, float32, adamw: value differs"),
+         (lambda n, p, o: 16 * n, "1 parameters, float32, sgd: value differs")],
+    ),
+    "11.2": (
+        grading.check_accumulate_gradients,
+        lambda m, x, y, k: _accumulate(m, x, y, k),
+        [(lambda m, x, y, k: _accumulate(m, x, y, k, scale="count"), "batch 10 in 3 micro-batches: 0.weight.grad: values differ"),
+         (lambda m, x, y, k: _accumulate(m, x, y, k, scale="none"), "batch 8 in 4 micro-batches: 0.weight.grad: values differ"),
+         (lambda m, x, y, k: _accumulate(m, x, y, k, zero=False), "batch 8 in 1 micro-batches: 0.weight.grad: values differ")],
+    ),
+    "11.3": (
+        grading.check_rank_indices,
+        lambda n, r, w: _rank_indices(n, r, w),
+        [(lambda n, r, w: list(range(n))[r::w], "n=10, rank 2 of 4: got [2, 6], expected [2, 6, 0]"),
+         (lambda n, r, w: _rank_indices(n, r, w, contiguous=True), "n=8, rank 0 of 2: got [0, 1, 2, 3]")],
+    ),
 }
+
+
+def _state_bytes(n, precision, optimizer, master=4, adam_states=2):
+    low = 4 if precision == "float32" else 2
+    state = 2 if precision == "bfloat16" else 4
+    states = {"adamw": adam_states, "sgd_momentum": 1, "sgd": 0}[optimizer]
+    return n * (low + (master if precision == "mixed" else 0) + low + state * states)
+
+
+def _accumulate(model, x, y, k, scale="share", zero=True):
+    if zero:
+        model.zero_grad(set_to_none=True)
+    pieces = list(zip(x.split(math.ceil(len(x) / k)), y.split(math.ceil(len(x) / k))))
+    for xb, yb in pieces:
+        weight = {"share": len(xb) / len(x), "count": 1 / len(pieces), "none": 1.0}[scale]
+        (F.cross_entropy(model(xb), yb) * weight).backward()
+
+
+def _rank_indices(n, rank, world, contiguous=False):
+    total = math.ceil(n / world) * world
+    indices = (list(range(n)) * math.ceil(total / n))[:total]
+    if contiguous:
+        per_rank = total // world
+        return indices[rank * per_rank:(rank + 1) * per_rank]
+    return indices[rank::world]
 
 
 def _percentile(values, q, sort=True):
