@@ -691,22 +691,25 @@ def check_per_channel_scales(per_channel_scales: Callable[[torch.Tensor, int], t
 # Chapter 10: deployment
 
 
-@_exercise("10.1", "a latency percentile")
-def check_percentile(percentile: Callable[[list, float], float]) -> None:
-    """``percentile(values, q)``: the q-th percentile (0 ≤ q ≤ 100) of a list of numbers in any
-    order, interpolating linearly between the two nearest ranks (as ``numpy.percentile``)."""
-    import numpy as np
+@_exercise("10.1", "padding token ids into a batch")
+def check_pad_batch(pad_batch: Callable[[list, int], tuple]) -> None:
+    """``pad_batch(sequences, pad_id)``: lists of token ids → ``(input_ids, attention_mask)``, both
+    int64 of shape (batch, longest), ids padded on the right with ``pad_id``, mask 1 on real tokens."""
+    from torch.nn.utils.rnn import pad_sequence
 
-    g = _generator(101)
-    cases = [([5.0], 50), ([3.0, 1.0, 2.0], 50), ([4.0, 1.0, 3.0, 2.0], 50), ([10.0, 0.0], 25)]
-    cases += [(torch.rand(n, generator=g).mul(40).add(5).tolist(), q) for n in (20, 101) for q in (0, 50, 95, 99, 100)]
-    for values, q in cases:
-        case = f"{len(values)} values, q={q}"
-        original = list(values)
-        got = percentile(values, q)
-        if values != original:
-            raise CheckFailed(f"{case}: the list was changed in place (sorted?); sort a copy")
-        _expect_number(got, float(np.percentile(original, q)), case, atol=1e-9, rtol=1e-9)
+    g = _generator(103)
+    cases = [([[101, 7, 102]], 0), ([[101, 2023, 102], [101, 102]], 0), ([[5, 6, 7], [8]], 1), ([[4, 4], [9, 9]], 2)]
+    cases += [([torch.randint(1, 1000, (n,), generator=g).tolist() for n in (4, 9, 1, 6)], 3)]
+    for sequences, pad_id in cases:
+        case = f"lengths {[len(s) for s in sequences]}, pad_id={pad_id}"
+        out = pad_batch([list(s) for s in sequences], pad_id)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise CheckFailed(f"{case}: expected a tuple (input_ids, attention_mask), got {type(out).__name__}")
+        tensors = [torch.tensor(s, dtype=torch.long) for s in sequences]
+        ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id)
+        mask = pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True, padding_value=0)
+        _expect_tensor(out[0], ids, f"{case}: input_ids", atol=0, rtol=0)
+        _expect_tensor(out[1], mask, f"{case}: attention_mask", atol=0, rtol=0)
 
 
 def _describe_payload(payload: Any) -> str:
@@ -744,53 +747,35 @@ def check_validate_texts(validate_texts: Callable[[Any], list]) -> None:
                               f"{expected if len(expected) <= 3 else f'a list of {len(expected)}'!r}")
     for payload in bad:
         try:
-            got = validate_texts(payload)
+            validate_texts(payload)
         except ValueError:
             continue
         raise CheckFailed(f"payload {_describe_payload(payload)} is invalid: expected a ValueError, got a return value")
 
 
-@_exercise("10.3", "padding token ids into a batch")
-def check_pad_batch(pad_batch: Callable[[list, int], tuple]) -> None:
-    """``pad_batch(sequences, pad_id)``: lists of token ids → ``(input_ids, attention_mask)``, both
-    int64 of shape (batch, longest), ids padded on the right with ``pad_id``, mask 1 on real tokens."""
-    from torch.nn.utils.rnn import pad_sequence
+@_exercise("10.3", "a latency percentile")
+def check_percentile(percentile: Callable[[list, float], float]) -> None:
+    """``percentile(values, q)``: the q-th percentile (0 ≤ q ≤ 100) of a list of numbers in any
+    order, interpolating linearly between the two nearest ranks (as ``numpy.percentile``)."""
+    import numpy as np
 
-    g = _generator(103)
-    cases = [([[101, 7, 102]], 0), ([[101, 2023, 102], [101, 102]], 0), ([[5, 6, 7], [8]], 1), ([[4, 4], [9, 9]], 2)]
-    cases += [([torch.randint(1, 1000, (n,), generator=g).tolist() for n in (4, 9, 1, 6)], 3)]
-    for sequences, pad_id in cases:
-        case = f"lengths {[len(s) for s in sequences]}, pad_id={pad_id}"
-        out = pad_batch([list(s) for s in sequences], pad_id)
-        if not isinstance(out, tuple) or len(out) != 2:
-            raise CheckFailed(f"{case}: expected a tuple (input_ids, attention_mask), got {type(out).__name__}")
-        tensors = [torch.tensor(s, dtype=torch.long) for s in sequences]
-        ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id)
-        mask = pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True, padding_value=0)
-        _expect_tensor(out[0], ids, f"{case}: input_ids", atol=0, rtol=0)
-        _expect_tensor(out[1], mask, f"{case}: attention_mask", atol=0, rtol=0)
+    g = _generator(101)
+    cases = [([5.0], 50), ([3.0, 1.0, 2.0], 50), ([4.0, 1.0, 3.0, 2.0], 50), ([10.0, 0.0], 25)]
+    cases += [(torch.rand(n, generator=g).mul(40).add(5).tolist(), q) for n in (20, 101) for q in (0, 50, 95, 99, 100)]
+    for values, q in cases:
+        case = f"{len(values)} values, q={q}"
+        original = list(values)
+        got = percentile(values, q)
+        if values != original:
+            raise CheckFailed(f"{case}: the list was changed in place (sorted?); sort a copy")
+        _expect_number(got, float(np.percentile(original, q)), case, atol=1e-9, rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 11: scaling
 
 
-@_exercise("11.1", "the memory of the training state")
-def check_training_state_bytes(training_state_bytes: Callable[[int, str, str], int]) -> None:
-    """``training_state_bytes(parameters, precision, optimizer)``: bytes of weights + gradients +
-    optimizer state for ``precision`` in float32 / bfloat16 / mixed and ``optimizer`` in adamw /
-    sgd_momentum / sgd, as ``course_lib.memory.bytes_per_parameter`` counts them."""
-    from course_lib.memory import OPTIMIZERS, PRECISIONS, bytes_per_parameter
-
-    for parameters in (1, 1000, 7_000_000_000):
-        for precision in PRECISIONS:
-            for optimizer in OPTIMIZERS:
-                expected = parameters * sum(bytes_per_parameter(precision, optimizer).values())
-                got = training_state_bytes(parameters, precision, optimizer)
-                _expect_number(got, expected, f"{parameters:,} parameters, {precision}, {optimizer}", atol=0.5)
-
-
-@_exercise("11.2", "gradient accumulation")
+@_exercise("11.1", "gradient accumulation")
 def check_accumulate_gradients(accumulate_gradients: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], None]) -> None:
     """``accumulate_gradients(model, x, y, micro_batches)``: leaves in every parameter's ``.grad``
     the gradient of the mean cross-entropy over the whole batch, computed ``micro_batches`` pieces
@@ -810,6 +795,21 @@ def check_accumulate_gradients(accumulate_gradients: Callable[[nn.Module, torch.
             if p.grad is None:
                 raise CheckFailed(f"batch {batch} in {micro} micro-batches: {name}.grad is None")
             _expect_tensor(p.grad, r.grad, f"batch {batch} in {micro} micro-batches: {name}.grad", atol=1e-6, rtol=1e-5)
+
+
+@_exercise("11.2", "the memory of the training state")
+def check_training_state_bytes(training_state_bytes: Callable[[int, str, str], int]) -> None:
+    """``training_state_bytes(parameters, precision, optimizer)``: bytes of weights + gradients +
+    optimizer state for ``precision`` in float32 / bfloat16 / mixed and ``optimizer`` in adamw /
+    sgd_momentum / sgd, as ``course_lib.memory.bytes_per_parameter`` counts them."""
+    from course_lib.memory import OPTIMIZERS, PRECISIONS, bytes_per_parameter
+
+    for parameters in (1, 1000, 7_000_000_000):
+        for precision in PRECISIONS:
+            for optimizer in OPTIMIZERS:
+                expected = parameters * sum(bytes_per_parameter(precision, optimizer).values())
+                got = training_state_bytes(parameters, precision, optimizer)
+                _expect_number(got, expected, f"{parameters:,} parameters, {precision}, {optimizer}", atol=0.5)
 
 
 @_exercise("11.3", "the indices a rank reads")
