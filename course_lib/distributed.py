@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from course_lib.gpt import GPT, GPTConfig, causal_lm_loss
+from course_lib.runtime import get_device
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (3e-3 is already unstable here)")
     parser.add_argument("--texts", type=int, default=2000, help="movie-review texts in the corpus")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", default="auto", help="auto (a GPU per rank when there are GPUs) or cpu")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="rank 0 writes history.json and model.safetensors here")
     return parser
@@ -85,7 +86,7 @@ def _wrap(model: torch.nn.Module, strategy: str, device: torch.device, world: in
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=None if device.index is None else [device.index])
     from torch.distributed.fsdp import fully_shard
 
     for block in model.blocks:  # one all-gather per block: only one block's full weights at a time
@@ -170,13 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     launched = "RANK" in os.environ  # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
     world = int(os.environ.get("WORLD_SIZE", "1"))
     _check(parser, args, world)
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    try:
+        device = get_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
+    if device.type == "mps" and args.device == "auto":
+        device = torch.device("cpu")  # no distributed backend drives Apple GPUs: train on the CPU cores
+    if device.type != "cpu":  # one accelerator per rank: rank i of this machine takes device i
+        device = torch.device(device.type, int(os.environ.get("LOCAL_RANK", "0")))
+        torch.accelerator.set_device_index(device.index)
     if launched:
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group(dist.get_default_backend_for_device(device))  # gloo on CPUs, nccl on NVIDIA GPUs
     try:
         train(args, dist.get_rank() if launched else 0, world, device)
     finally:

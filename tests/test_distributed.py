@@ -48,6 +48,7 @@ def test_character_windows():
     (("--hidden", "30"), "--hidden (30) must be divisible by --heads (4)"),
     (("--steps", "0"), "--steps must be >= 1, got 0"),
     (("--strategy", "zero3"), "invalid choice: 'zero3'"),
+    (("--device", "tpu"), "--device: preference must be"),
 ])
 def test_bad_arguments_are_refused_before_training(options, message, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, but no process group is started
