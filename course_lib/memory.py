@@ -22,9 +22,9 @@ OPTIMIZERS = ("adamw", "sgd", "sgd_momentum")
 PRECISIONS = ("float32", "bfloat16", "mixed")
 _STATES = {"adamw": 2, "sgd": 0, "sgd_momentum": 1}  # tensors of optimizer state per parameter
 
-# activations a block saves for its backward pass, per token, in units of the hidden size
-# (LayerNorm input and output twice, q/k/v, attention output before and after merging the heads,
-# the block's middle residual) plus the MLP's two wide tensors (before and after the activation)
+# activations a block saves for its backward pass, per token, in units of the hidden size (the two
+# LayerNorms' inputs and outputs: 4; q, k and v: 3; the attention output before and after merging
+# the heads: 2), plus the MLP's two wide tensors (before and after the activation function)
 _BLOCK_SAVED_HIDDEN = 9
 _BLOCK_SAVED_FFN = 2
 
