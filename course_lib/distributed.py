@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (3e-3 is already unstable here)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (3e-3 is already chaotic here)")
     parser.add_argument("--texts", type=int, default=2000, help="movie-review texts in the corpus")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (a GPU per rank when there are GPUs) or cpu")
@@ -135,6 +135,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         loss = causal_lm_loss(model(x), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP: gradients are averaged across ranks here; FSDP: reduce-scattered
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the norm of the whole gradient, on every rank
         optimizer.step()
         logged = loss.detach().clone()
         if world > 1:
