@@ -17,6 +17,7 @@ nccl on GPUs.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -185,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.init_process_group(dist.get_default_backend_for_device(device))  # gloo on CPUs, nccl on NVIDIA GPUs
     try:
         train(args, dist.get_rank() if launched else 0, world, device)
+        # An orderly teardown: anything training left in reference cycles (and communication work it
+        # holds) is freed now rather than during interpreter shutdown, where gloo can abort a rank,
+        # and no rank destroys the group while another still uses it.
+        gc.collect()
+        if launched:
+            dist.barrier()
     finally:
         if launched:
             dist.destroy_process_group()
