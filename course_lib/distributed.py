@@ -205,10 +205,8 @@ def launch(processes: int, out: str | Path, *options: str, timeout: float = 600.
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a positive int, got {processes!r}")
     out = Path(out)
-    command = [sys.executable, "-m", "course_lib.distributed", "--out", str(out), *options]
-    if processes > 1:
-        command[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                        "-m", "course_lib.distributed"]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    command = [sys.executable, *launcher, "-m", "course_lib.distributed", "--out", str(out), *options]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: the ranks share the cores
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)

@@ -145,8 +145,10 @@ def quantize_onnx(source: str | Path, target: str | Path) -> Path:
     # onnxruntime logs a hint about shape pre-processing on the root logger, which fails for this
     # graph (its symbolic shape inference is incomplete for the dynamo export); keep the hint out.
     root = logging.getLogger()
-    hint = logging.Filter()
-    hint.filter = lambda record: "pre-processing before quantization" not in record.getMessage()  # type: ignore[method-assign]
+
+    def hint(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
     placeholder = logging.NullHandler()  # without a handler, logging.warning() would install one for good
     root.addFilter(hint)
     root.addHandler(placeholder)

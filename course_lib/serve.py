@@ -325,11 +325,6 @@ class LoadResult:
 
         return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
 
-    def summary(self) -> dict[str, float | int | str]:
-        return {"name": self.name, "concurrency": self.concurrency, "requests": self.requests, "failures": self.failures,
-                "p50_ms": self.percentile_ms(50), "p95_ms": self.percentile_ms(95), "p99_ms": self.percentile_ms(99),
-                "requests_per_s": self.throughput}
-
 
 def load_test(url: str, texts: Sequence[str], requests: int = 200, concurrency: int = 1, warmup: int = 10,
               timeout: float = 30.0, name: str = "") -> LoadResult:
