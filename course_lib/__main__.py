@@ -57,27 +57,40 @@ def _exercises(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from course_lib.exercises import grade, report, write_csv, write_junit
+    from course_lib import grader, sandbox
 
+    if args.sandbox == "bubblewrap" and sandbox.bubblewrap() is None:
+        print("error: --sandbox bubblewrap: no working bwrap here (Debian/Ubuntu: apt install bubblewrap)",
+              file=sys.stderr)
+        return 2
+    use_sandbox = {"auto": None, "bubblewrap": True, "none": False}[args.sandbox]
     try:
-        results, errors = grade(args.submissions, timeout=args.timeout)
+        limits = sandbox.Limits(memory_bytes=int(args.memory * 2**30))
+        results, errors, isolation = grader.grade(args.submissions, timeout=args.timeout, workers=args.workers,
+                                                  limits=limits, use_sandbox=use_sandbox)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(isolation, end="\n\n")
     for result in results:
-        print(report(result), end="\n\n")
+        print(grader.report(result), end="\n\n")
     if len(results) > 1:
         earned, possible = sum(r.earned for r in results), sum(r.possible for r in results)
-        print(f"{len(results)} submissions graded: {earned}/{possible} points in all")
+        print(f"{len(results)} submissions graded: {earned}/{possible} points in all\n")
+        stats = grader.class_statistics(results)
+        print(grader.format_statistics(stats))
+    if args.stats:
+        grader.write_statistics(grader.class_statistics(results), args.stats)
+        print(f"class statistics written to {args.stats}")
     if args.csv:
-        write_csv(results, args.csv)
+        grader.write_csv(results, args.csv)
         print(f"CSV written to {args.csv}")
     if args.junit:
-        write_junit(results, args.junit)
+        grader.write_junit(results, args.junit)
         print(f"JUnit XML written to {args.junit}")
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
-    return 2 if errors else 0
+    return 2 if errors and not results else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -118,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("submissions", nargs="+", type=Path, help="submitted .ipynb files")
     grade.add_argument("--csv", type=Path, help="write one row per (submission, exercise) here")
     grade.add_argument("--junit", type=Path, help="write JUnit XML here")
+    grade.add_argument("--stats", type=Path, help="write per-exercise pass rates and common failure reasons here (CSV)")
     grade.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per cell (default: 60)")
+    grade.add_argument("--workers", type=int, default=1, help="submissions graded at the same time (default: 1)")
+    grade.add_argument("--memory", type=float, default=6.0, help="memory per submission in GiB (default: 6)")
+    grade.add_argument("--sandbox", choices=("auto", "bubblewrap", "none"), default="auto",
+                       help="isolation: bubblewrap when it works here (auto), required, or none")
     grade.set_defaults(handler=_grade)
 
     serve = commands.add_parser("serve", help="serve a classifier over HTTP (FastAPI + uvicorn)")

@@ -1,0 +1,87 @@
+"""The course's exercises: id, title, points, the check a notebook calls, and the course_lib
+references a learner must not call while it is graded. Imports without torch, so generating and
+listing exercises stays light; the checks themselves live in ``course_lib.checks.chNN``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise. ``check`` is the name notebooks call (``grading.<check>(candidate)``);
+    ``blocks`` names the references (``module:qualified.name``) switched off while it is graded."""
+
+    id: str
+    title: str
+    check: str
+    blocks: tuple[str, ...] = ()
+    points: int = 1
+
+    @property
+    def chapter(self) -> int:
+        return int(self.id.split(".")[0])
+
+    @property
+    def module(self) -> str:
+        return f"course_lib.checks.ch{self.chapter:02d}"
+
+
+EXERCISES: dict[str, Exercise] = {e.id: e for e in (
+    Exercise("0.1", "a list of numbers as a float32 tensor", "check_to_float_tensor"),
+    Exercise("0.2", "count trainable parameters", "check_count_parameters"),
+    Exercise("0.3", "reproducible random numbers", "check_reproducible_randn"),
+    Exercise("1.1", "pairwise squared distances by broadcasting", "check_pairwise_sq_distances"),
+    Exercise("1.2", "normalise each row to unit length", "check_normalize_rows"),
+    Exercise("1.3", "mean over the masked positions", "check_masked_mean"),
+    Exercise("1.4", "batched dot products with einsum", "check_batched_scores"),
+    Exercise("2.1", "a derivative with torch.autograd.grad", "check_derivative_at"),
+    Exercise("2.2", "sigmoid from the engine's operations", "check_sigmoid"),
+    Exercise("2.3", "central finite differences", "check_central_difference",
+             ("course_lib.autograd:finite_difference_grad",)),
+    Exercise("2.4", "the backward pass of a custom autograd Function", "check_silu_function"),
+    Exercise("3.1", "a numerically stable softmax", "check_stable_softmax", ("course_lib.nn:softmax",)),
+    Exercise("3.2", "cross-entropy from its formula", "check_cross_entropy", ("course_lib.nn:cross_entropy",)),
+    Exercise("3.3", "one training step by hand", "check_train_step"),
+    Exercise("4.1", "scaled dot-product attention", "check_attention",
+             ("course_lib.attention:scaled_dot_product_attention",)),
+    Exercise("4.2", "the causal mask", "check_causal_mask", ("course_lib.attention:causal_mask",)),
+    Exercise("4.3", "splitting into heads", "check_split_heads", ("course_lib.attention:split_heads",)),
+    Exercise("5.1", "WordPiece: greedy longest match", "check_wordpiece", ("course_lib.wordpiece:wordpiece",)),
+    Exercise("5.2", "BERT's input embeddings", "check_bert_embed", ("course_lib.bert:BertEmbeddings.forward",)),
+    Exercise("5.3", "mean pooling over real tokens", "check_mean_pool", ("course_lib.bert:mean_pool",)),
+    Exercise("6.1", "the next-token loss", "check_next_token_loss", ("course_lib.gpt:causal_lm_loss",)),
+    Exercise("6.2", "top-k filtering of logits", "check_top_k_filter"),
+    Exercise("6.3", "choosing the tokens to mask", "check_select_for_masking"),
+    Exercise("7.1", "compute_metrics for the Trainer", "check_compute_metrics",
+             ("course_lib.finetune:compute_metrics", "course_lib.finetune:classification_metrics")),
+    Exercise("7.2", "the warm-up and linear-decay factor", "check_warmup_linear_factor",
+             ("course_lib.train:linear_warmup_schedule",)),
+    Exercise("7.3", "expected calibration error", "check_expected_calibration_error",
+             ("course_lib.train:expected_calibration_error",)),
+    Exercise("8.1", "the LoRA forward pass", "check_lora_forward", ("course_lib.lora:LoRALinear.forward",)),
+    Exercise("8.2", "merging the update into the weight", "check_merge_lora_weight"),
+    Exercise("8.3", "freeze everything but the named parts", "check_freeze_all_but"),
+    Exercise("9.1", "a magnitude-pruning mask", "check_magnitude_mask", ("course_lib.prune:magnitude_mask",)),
+    Exercise("9.2", "symmetric int8 quantization of a tensor", "check_symmetric_quantize",
+             ("course_lib.quantize:qparams", "course_lib.quantize:quantize")),
+    Exercise("9.3", "one scale per output channel", "check_per_channel_scales", ("course_lib.quantize:qparams",)),
+    Exercise("10.1", "padding token ids into a batch", "check_pad_batch"),
+    Exercise("10.2", "validating a request body", "check_validate_texts"),
+    Exercise("10.3", "a latency percentile", "check_percentile"),
+    Exercise("11.1", "gradient accumulation", "check_accumulate_gradients"),
+    Exercise("11.2", "the memory of the training state", "check_training_state_bytes",
+             ("course_lib.memory:bytes_per_parameter",)),
+    Exercise("11.3", "the indices a rank reads", "check_rank_indices"),
+)}
+
+BY_CHECK: dict[str, Exercise] = {e.check: e for e in EXERCISES.values()}
+
+
+def load(exercise_id: str) -> Any:
+    """The :class:`course_lib.checks.verdict.Check` of an exercise (imports its chapter's module)."""
+    exercise = EXERCISES[exercise_id]
+    return importlib.import_module(exercise.module).CHECKS[exercise_id]

@@ -1,0 +1,157 @@
+"""Checks of chapter 02 (autograd)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.autograd import Value
+from course_lib.checks.verdict import Check, CheckFailed, expect_number, expect_tensor, generator
+from course_lib.plain import type_name
+
+# The functions 2.1 differentiates, by the name a case carries: (f on a tensor, its derivative).
+_DERIVATIVES = {
+    "x**3 + 2*x": (lambda t: t**3 + 2 * t, lambda x: 3 * x**2 + 2),
+    "sin(x)": (torch.sin, math.cos),
+    "exp(-x**2)": (lambda t: torch.exp(-(t**2)), lambda x: -2 * x * math.exp(-(x**2))),
+    "a constant 3": (lambda t: t * 0 + 3, lambda x: 0.0),
+}
+
+# The functions 2.3 differentiates numerically, by name: (f on a float, its derivative).
+_FUNCTIONS = {
+    "exp": (math.exp, math.exp),
+    "x**3": (lambda x: x**3, lambda x: 3 * x**2),
+    "sin": (math.sin, math.cos),
+}
+
+
+def _short(number: float) -> str:
+    """``1e-3`` for 0.001: how the exercise writes a step size."""
+    mantissa, exponent = f"{number:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _fields(got: Any, *keys: str) -> list[Any]:
+    """The values of ``keys`` in a probe's dict, or a failure if it is not such a dict."""
+    if type(got) is not dict or not all(key in got for key in keys):
+        raise CheckFailed("the check's results could not be read")
+    return [got[key] for key in keys]
+
+
+class DerivativeAt(Check):
+    """``derivative_at(f, x)`` returns f'(x) as a float, computed by torch's autograd.
+    Catches: returning f(x) instead of f'(x), returning something other than a number."""
+
+    exercise = "2.1"
+
+    def cases(self) -> list:
+        return [("x**3 + 2*x", 2.0), ("sin(x)", 0.5), ("exp(-x**2)", 1.0), ("a constant 3", 1.0)]
+
+    def probe(self, derivative_at, case):
+        name, x = case
+        return derivative_at(_DERIVATIVES[name][0], x)
+
+    def judge(self, case, got):
+        name, x = case
+        expect_number(got, _DERIVATIVES[name][1](x), f"d/dx {name} at {x}", atol=1e-5, rtol=1e-5)
+
+
+class Sigmoid(Check):
+    """``sigmoid(v)`` builds 1 / (1 + exp(-v)) from Value operations, so gradients flow.
+    The probe calls it on a fresh ``Value(x)``, runs ``backward()`` on the result and reports the
+    result's data and the input's gradient. Catches: computing the number with ``math`` and
+    wrapping it in a new Value (no gradient reaches the input), exp(v) instead of exp(-v),
+    returning a float."""
+
+    exercise = "2.2"
+
+    def cases(self) -> list:
+        return [-3.0, -0.5, 0.0, 0.7, 4.0]
+
+    def probe(self, sigmoid, x):
+        v = Value(x)
+        out = sigmoid(v)
+        if not isinstance(out, Value):
+            return {"is_value": False, "returned": out}
+        out.backward()
+        return {"is_value": True, "data": out.data, "grad": v.grad}
+
+    def judge(self, x, got):
+        (is_value,) = _fields(got, "is_value")
+        if is_value is not True:
+            raise CheckFailed(f"at x={x}: expected a Value, got {type_name(got.get('returned'))}")
+        data, grad = _fields(got, "data", "grad")
+        value = 1 / (1 + math.exp(-x))
+        slope = value * (1 - value)
+        expect_number(data, value, f"sigmoid value at x={x}", atol=1e-9)
+        if type(grad) in (int, float) and grad == 0.0 and slope != 0.0:
+            raise CheckFailed(f"at x={x}: no gradient reached the input; build the result from Value operations")
+        expect_number(grad, slope, f"gradient at x={x}", atol=1e-9)
+
+
+class CentralDifference(Check):
+    """``central_difference(f, x, eps)`` = (f(x + eps) - f(x - eps)) / (2 eps). With eps = 1e-3
+    central differences are within ~1e-6 of f'(x); forward differences are ~1e-3 off.
+    Catches: the forward difference, dividing by eps instead of 2 eps."""
+
+    exercise = "2.3"
+
+    def cases(self) -> list:
+        return [("exp", 1.0, 1e-3), ("x**3", -2.0, 1e-3), ("sin", 0.3, 1e-3)]
+
+    def probe(self, central_difference, case):
+        name, x, eps = case
+        return central_difference(_FUNCTIONS[name][0], x, eps)
+
+    def judge(self, case, got):
+        name, x, eps = case
+        expect_number(got, _FUNCTIONS[name][1](x), f"{name} at {x} with eps={_short(eps)}", atol=1e-5)
+
+
+class SiLUFunction(Check):
+    """``SiLU``, a ``torch.autograd.Function`` whose backward returns grad * d/dx [x·sigmoid(x)].
+    The probe reports whether the candidate is such a subclass, the gradient it sends back for a
+    given x and upstream gradient (float64), and the outcome of ``torch.autograd.gradcheck``.
+    Catches: forgetting the product rule (grad * sigmoid(x)), a plain function instead of a
+    Function subclass."""
+
+    exercise = "2.4"
+
+    def cases(self) -> list:
+        g = generator(24)
+        cases = []
+        for shape in ((5,), (3, 4)):
+            x = torch.randn(shape, generator=g, dtype=torch.float64)
+            cases.append({"x": x, "upstream": torch.randn(shape, generator=g, dtype=torch.float64)})
+        return [*cases, {"gradcheck": torch.randn(4, generator=g, dtype=torch.float64)}]
+
+    def probe(self, silu_function, case):
+        if not (isinstance(silu_function, type) and issubclass(silu_function, torch.autograd.Function)):
+            return {"is_function": False}
+        if "gradcheck" in case:
+            x = case["gradcheck"].requires_grad_(True)
+            return {"is_function": True,
+                    "gradcheck": bool(torch.autograd.gradcheck(silu_function.apply, (x,), raise_exception=False))}
+        x = case["x"].requires_grad_(True)
+        (grad,) = torch.autograd.grad(silu_function.apply(x), x, case["upstream"])
+        return {"is_function": True, "grad": grad}
+
+    def judge(self, case, got):
+        (is_function,) = _fields(got, "is_function")
+        if is_function is not True:
+            raise CheckFailed("expected a subclass of torch.autograd.Function")
+        if "gradcheck" in case:
+            (passed,) = _fields(got, "gradcheck")
+            if passed is not True:
+                raise CheckFailed("torch.autograd.gradcheck disagrees with your backward")
+            return
+        x = case["x"].detach().clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(F.silu(x), x, case["upstream"])
+        (grad,) = _fields(got, "grad")
+        expect_tensor(grad, expected, f"gradient for x of shape {tuple(x.shape)}", atol=1e-10)
+
+
+CHECKS = {c.exercise: c for c in (DerivativeAt(), Sigmoid(), CentralDifference(), SiLUFunction())}

@@ -1,0 +1,518 @@
+"""``python -m course_lib grade``: score exercise notebooks without trusting them.
+
+Per submission, one kernel in a sandbox (``course_lib.sandbox``) runs the learner's code cells top
+to bottom (cells tagged ``grading-skip`` and the check cells left out); where an exercise's check
+cell stood, the kernel probes the learner's object on inputs the grader wrote and writes back plain
+data (``course_lib.plain``). The verdicts are computed here, in the grader's own process, from that
+data and the reference (``course_lib.checks``): nothing the submission prints, stores, patches or
+subclasses reaches them. A submission's endless loop, crash or memory hunger costs only its own
+exercises.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+import nbformat
+from nbformat import NotebookNode
+
+from course_lib import sandbox
+from course_lib.checks import BY_CHECK, Exercise
+from course_lib.exercises import CHECK_CALL, GRADING_SKIP, META, find_exercises
+from course_lib.runner import find_notebooks
+
+MAX_NOTEBOOK_BYTES = 25 * 2**20
+MAX_CELLS = 2000
+CANDIDATE = re.compile(r"\bgrading\.(check_\w+)\(\s*([A-Za-z_]\w*)\s*\)")
+
+
+class UnusableSubmission(ValueError):
+    """The file cannot be graded at all (not a notebook, too large, or no chapter it belongs to)."""
+
+
+@dataclass(frozen=True)
+class ExerciseResult:
+    exercise: Exercise
+    earned: int
+    reason: str = ""  # why no points, in the check's words
+
+    @property
+    def passed(self) -> bool:
+        return self.earned == self.exercise.points
+
+
+@dataclass
+class SubmissionResult:
+    path: Path
+    chapter: str
+    exercises: list[ExerciseResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def earned(self) -> int:
+        return sum(r.earned for r in self.exercises)
+
+    @property
+    def possible(self) -> int:
+        return sum(r.exercise.points for r in self.exercises)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a submission
+
+
+def read_submission(path: Path) -> NotebookNode:
+    """Read a notebook, or raise :class:`UnusableSubmission` saying why it cannot be graded."""
+    if not path.is_file():
+        raise UnusableSubmission(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_BYTES:
+        raise UnusableSubmission(f"{path}: {size / 2**20:.1f} MB; the grader reads notebooks up to "
+                                 f"{MAX_NOTEBOOK_BYTES // 2**20} MB (clear the outputs and hand it in again)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UnusableSubmission(f"{path}: not a readable Jupyter notebook (not UTF-8 text: byte {error.start})") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise UnusableSubmission(f"{path}: not a readable Jupyter notebook (broken JSON: {str(error)[:80]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise UnusableSubmission(f"{path}: not a readable Jupyter notebook (no list of cells)")
+    if len(data["cells"]) > MAX_CELLS:
+        raise UnusableSubmission(f"{path}: {len(data['cells'])} cells; the grader reads notebooks of up to {MAX_CELLS}")
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception as error:  # nbformat raises several types for schemas it cannot read
+        first = next((ln for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+        raise UnusableSubmission(f"{path}: not a readable Jupyter notebook ({first.strip()[:80]})") from None
+    for cell in nb.cells:
+        if not isinstance(cell.get("source", ""), str) or not isinstance(cell.get("metadata", {}), dict):
+            raise UnusableSubmission(f"{path}: not a readable Jupyter notebook (a cell's source or metadata is malformed)")
+    return nb
+
+
+def chapter_of(path: Path, nb: NotebookNode) -> Path:
+    """The reference notebook of a submission: named by its course metadata and by its file name
+    (either alone is enough); a submission whose metadata and name disagree is refused."""
+    chapters = {p.stem: p for p in find_notebooks()}
+    meta = nb.metadata.get(META)
+    stored = meta.get("chapter") if isinstance(meta, dict) else None
+    named = [stem for stem in chapters if stem in path.stem]
+    if stored in chapters:
+        if named and named != [stored]:
+            raise UnusableSubmission(f"{path}: its metadata says chapter {stored} but its file name says "
+                                     f"{named[0]}; rename the file or hand in the right notebook")
+        return chapters[stored]
+    if len(named) == 1:
+        return chapters[named[0]]
+    raise UnusableSubmission(
+        f"{path}: cannot tell which chapter this is (no course metadata, and the file name contains "
+        f"none of: {', '.join(chapters)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What the kernel runs
+
+
+@dataclass(frozen=True)
+class Probe:
+    exercise: Exercise
+    candidate: str  # the name the check cell passes to the check
+
+
+def reference_probes(reference: Path) -> list[Probe]:
+    """Each exercise of a chapter with the name its check cell hands to the check."""
+    nb = nbformat.read(reference, as_version=4)
+    probes = []
+    for item in find_exercises(nb, reference.name):
+        match = CANDIDATE.search(nb.cells[item.check_cell].source)
+        if match is None:
+            raise ValueError(f"{reference.name}: the check of exercise {item.exercise.id} must be called "
+                             "with a name, as grading.check_x(name)")
+        probes.append(Probe(item.exercise, match.group(2)))
+    return probes
+
+
+def _role(cell: NotebookNode) -> tuple[str | None, str | None]:
+    meta = cell.metadata.get(META)
+    if isinstance(meta, dict) and isinstance(meta.get("role"), str) and isinstance(meta.get("exercise"), str):
+        return meta["role"], meta["exercise"]
+    return None, None
+
+
+def plan(submission: NotebookNode, probes: list[Probe]) -> list[str | Probe]:
+    """The learner's code cells in order, with each exercise's probe where its check cell stood
+    (found by metadata or by the ``grading.check_…`` call; else after its last solution cell; else
+    at the end). Check cells and cells tagged ``grading-skip`` are left out."""
+    steps: list[str | Probe] = []
+    placed: dict[str, int] = {}
+    last_solution: dict[str, int] = {}
+    by_id = {p.exercise.id: p for p in probes}
+    for cell in submission.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        tags = cell.metadata.get("tags", [])
+        if isinstance(tags, list) and GRADING_SKIP in tags:
+            continue
+        role, exercise_id = _role(cell)
+        calls = [BY_CHECK[name].id for name in CHECK_CALL.findall(cell.source) if name in BY_CHECK]
+        if role == "check" or calls:
+            for found in ([exercise_id] if role == "check" else []) + calls:
+                if found in by_id and found not in placed:
+                    placed[found] = len(steps)
+                    steps.append(by_id[found])
+            continue
+        if role == "solution" and exercise_id in by_id:
+            last_solution[exercise_id] = len(steps)
+        steps.append(cell.source)
+    missing = [p for p in probes if p.exercise.id not in placed]
+    # check cells the learner deleted: right after the exercise's last solution cell (inserted from
+    # the back, so earlier positions stay valid), else at the end
+    for probe in sorted((p for p in missing if p.exercise.id in last_solution),
+                        key=lambda p: last_solution[p.exercise.id], reverse=True):
+        steps.insert(last_solution[probe.exercise.id] + 1, probe)
+    steps += [p for p in missing if p.exercise.id not in last_solution]
+    return steps
+
+
+def _probe_source(probe: Probe) -> str:
+    return (f"from course_lib.checks import probe as _course_probe\n"
+            f"_course_probe.run({probe.exercise.id!r}, lambda: {probe.candidate})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one submission
+
+
+class _MemoryWatch:
+    """Kill a kernel whose process tree holds more resident memory than allowed."""
+
+    def __init__(self, pid: int, limit: int) -> None:
+        self.pid, self.limit, self.exceeded = pid, limit, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            try:
+                root = psutil.Process(self.pid)
+                tree = [root, *root.children(recursive=True)]
+                used = sum(p.memory_info().rss for p in tree)
+            except psutil.Error:
+                return
+            if used > self.limit:
+                self.exceeded = True
+                kill_tree(self.pid)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything below it."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for process in reversed(tree):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
+class _Kernel:
+    """One sandboxed kernel: start, run code with a time limit, stop (with everything it started)."""
+
+    def __init__(self, exchange: Path, exercises: list[str], limits: sandbox.Limits, use_sandbox: bool,
+                 worker: int, hidden: tuple[Path, ...]) -> None:
+        from jupyter_client import KernelManager
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        specs = exchange.parent / f"kernels-{exchange.name}"
+        (specs / "course-sandbox").mkdir(parents=True)
+        argv = sandbox.kernel_argv(exchange, exercises, limits, use_sandbox, worker, hidden)
+        spec = {"argv": argv, "display_name": "course sandbox", "language": "python", "interrupt_mode": "message",
+                "env": {} if use_sandbox else sandbox.kernel_env()}
+        (specs / "course-sandbox" / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+        self.manager = KernelManager(
+            kernel_name="course-sandbox", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]),
+            transport="ipc", ip=str(exchange / "kernel"), connection_file=str(exchange / "connection.json"),
+        )
+        self.manager.write_connection_file()
+        sandbox.hand_over(exchange / "connection.json", use_sandbox, worker)
+        self.limits = limits
+        self.watch: _MemoryWatch | None = None
+        self.client = None
+
+    def start(self, timeout: float) -> None:
+        self.manager.start_kernel(cwd=str(Path(self.manager.connection_file).parent))
+        self.watch = _MemoryWatch(self.manager.provisioner.process.pid, self.limits.memory_bytes)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.manager.is_alive() and not (self.watch and self.watch.exceeded)
+
+    def run(self, source: str, timeout: float) -> str:
+        """Execute ``source``: "ok", "error", "timeout" (interrupted; the kernel survives) or "dead"."""
+        try:
+            reply = self.client.execute_interactive(source, timeout=timeout, output_hook=lambda message: None,
+                                                    allow_stdin=False, stop_on_error=False)
+        except TimeoutError:
+            self.manager.interrupt_kernel()
+            try:
+                self.client.execute_interactive("", timeout=10, output_hook=lambda message: None, allow_stdin=False)
+            except (TimeoutError, RuntimeError):
+                kill_tree(self.manager.provisioner.process.pid)
+            return "timeout"
+        except RuntimeError:  # the kernel died while we waited
+            return "dead"
+        if not self.alive():
+            return "dead"
+        return "ok" if reply["content"].get("status") == "ok" else "error"
+
+    def stop(self) -> None:
+        if self.watch:
+            self.watch.stop()
+        if self.client is not None:
+            self.client.stop_channels()
+        pid = getattr(getattr(self.manager.provisioner, "process", None), "pid", None)
+        try:
+            self.manager.shutdown_kernel(now=True)
+        except Exception:  # noqa: BLE001 (a kernel that is already gone)
+            pass
+        if pid is not None:
+            kill_tree(pid)
+
+
+def _judge(probe: Probe, cases: list, out: Path) -> tuple[bool, str]:
+    from course_lib import plain
+    from course_lib.checks import load
+    from course_lib.checks.verdict import judge
+
+    try:
+        data = plain.read(out)
+    except plain.PlainDataError:
+        return False, "your code stopped the check before it could report (no readable results)"
+    if data == {"undefined": True}:
+        return False, f"your notebook defines no `{probe.candidate}`: run the exercise's cell"
+    if type(data) is not dict or set(data) != {"outputs"} or type(data["outputs"]) is not list:
+        return False, "the check's results could not be read"
+    line = judge(load(probe.exercise.id), cases, data["outputs"])
+    return line.endswith(" passed"), line.removeprefix(f"Exercise {probe.exercise.id} ")
+
+
+def grade_one(
+    path: Path, reference: Path, submission: NotebookNode, workdir: Path, timeout: float,
+    limits: sandbox.Limits, use_sandbox: bool, worker: int, hidden: tuple[Path, ...],
+) -> SubmissionResult:
+    """Grade one submission in its own sandboxed kernel."""
+    from course_lib import plain
+    from course_lib.checks import load
+
+    probes = reference_probes(reference)
+    steps = plan(submission, probes)
+    exchange = workdir / f"w{worker}-{time.monotonic_ns()}"
+    sandbox.prepare_exchange(exchange, use_sandbox, worker)
+    cases = {}
+    for probe in probes:
+        cases[probe.exercise.id] = load(probe.exercise.id).cases()
+        plain.write(exchange / f"in-{probe.exercise.id}", cases[probe.exercise.id])
+        for suffix in (".json", ".safetensors"):
+            sandbox.hand_over(exchange / f"in-{probe.exercise.id}{suffix}", use_sandbox, worker)
+
+    reasons: dict[str, str] = {}
+    notes: list[str] = []
+    kernel = _Kernel(exchange, [p.exercise.id for p in probes], limits, use_sandbox, worker, hidden)
+    try:
+        try:
+            kernel.start(timeout=120)
+        except Exception as error:  # noqa: BLE001 (report, and grade the next submission)
+            notes.append(f"the kernel did not start ({type(error).__name__})")
+        stopped = None
+        for step in steps:
+            if stopped is None and not kernel.alive():
+                stopped = ("it used more memory than allowed" if kernel.watch and kernel.watch.exceeded
+                           else "it crashed or exited")
+            if stopped is not None:
+                if isinstance(step, Probe):
+                    reasons[step.exercise.id] = f"not run: the kernel stopped before this check ({stopped})"
+                continue
+            if isinstance(step, Probe):
+                status = kernel.run(_probe_source(step), timeout)
+                if status == "timeout":
+                    reasons[step.exercise.id] = f"timed out (more than {timeout:g} s)"
+                elif status == "dead":
+                    reasons[step.exercise.id] = "not run to the end: the kernel stopped during this check"
+                else:
+                    passed, reason = _judge(step, cases[step.exercise.id], exchange / f"out-{step.exercise.id}")
+                    reasons[step.exercise.id] = "passed" if passed else reason
+            else:
+                kernel.run(step, timeout)
+    finally:
+        kernel.stop()
+        shutil.rmtree(exchange, ignore_errors=True)
+        shutil.rmtree(exchange.parent / f"kernels-{exchange.name}", ignore_errors=True)
+    results = [
+        ExerciseResult(p.exercise, p.exercise.points if reasons.get(p.exercise.id) == "passed" else 0,
+                       reasons.get(p.exercise.id, "not run"))
+        for p in probes
+    ]
+    return SubmissionResult(path, reference.stem, results, notes)
+
+
+def grade(
+    paths: Sequence[Path], timeout: float = 60.0, workers: int = 1, limits: sandbox.Limits | None = None,
+    use_sandbox: bool | None = None,
+) -> tuple[list[SubmissionResult], list[str], str]:
+    """Grade submissions (``workers`` at a time); returns the results in the order given, the
+    messages for unusable files, and the line describing the isolation used."""
+    if timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    limits = limits or sandbox.Limits()
+    use_sandbox = sandbox.bubblewrap() is not None if use_sandbox is None else use_sandbox
+    errors: list[str] = []
+    jobs = []
+    for path in paths:
+        try:
+            submission = read_submission(path)
+            jobs.append((path, chapter_of(path, submission), submission))
+        except UnusableSubmission as error:
+            errors.append(str(error))
+    hidden = tuple(sorted({p.resolve().parent for p in paths if p.exists()}))
+    free = list(range(workers))
+    lock = threading.Lock()
+
+    def work(job: tuple[Path, Path, NotebookNode]) -> SubmissionResult:
+        with lock:
+            worker = free.pop()
+        try:
+            return grade_one(*job, workdir, timeout, limits, use_sandbox, worker, hidden)
+        finally:
+            with lock:
+                free.append(worker)
+
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(work, jobs))
+    return results, errors, sandbox.isolation(use_sandbox)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def report(result: SubmissionResult) -> str:
+    """A table for one submission: exercise, title, points, and why points were lost."""
+    rows = [(r.exercise.id, r.exercise.title, f"{r.earned}/{r.exercise.points}", r.reason) for r in result.exercises]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("exercise", "title", "points"))]
+    head = f"{'exercise':<{widths[0]}}  {'title':<{widths[1]}}  {'points':<{widths[2]}}  result"
+    lines = [f"{result.path} — chapter {result.chapter}", head, "-" * len(head)]
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows]
+    lines.append(f"total: {result.earned}/{result.possible}")
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ExerciseStats:
+    exercise: Exercise
+    submissions: int
+    passed: int
+    reasons: list[tuple[str, int]]  # the most common failure reasons, with counts
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.submissions if self.submissions else 0.0
+
+
+def class_statistics(results: Sequence[SubmissionResult], top: int = 3) -> list[ExerciseStats]:
+    """Per exercise: how many submissions passed, and the ``top`` most common reasons for failing."""
+    outcomes: dict[str, list[ExerciseResult]] = collections.defaultdict(list)
+    for result in results:
+        for r in result.exercises:
+            outcomes[r.exercise.id].append(r)
+    stats = []
+    for rows in outcomes.values():
+        failures = collections.Counter(r.reason for r in rows if not r.passed)
+        stats.append(ExerciseStats(rows[0].exercise, len(rows), sum(r.passed for r in rows), failures.most_common(top)))
+    return sorted(stats, key=lambda s: tuple(int(n) for n in s.exercise.id.split(".")))
+
+
+def format_statistics(stats: Sequence[ExerciseStats]) -> str:
+    lines = ["class statistics: exercise, pass rate, most common reasons for failing"]
+    for s in stats:
+        lines.append(f"{s.exercise.id:<6} {s.passed}/{s.submissions} passed ({s.pass_rate:.0%})")
+        lines += [f"       {count} × {reason}" for reason, count in s.reasons]
+    return "\n".join(lines)
+
+
+def write_statistics(stats: Sequence[ExerciseStats], path: Path, top: int = 3) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["exercise", "title", "submissions", "passed", "pass_rate",
+                         *[f"{kind}_{i + 1}" for i in range(top) for kind in ("reason", "count")]])
+        for s in stats:
+            reasons = [item for reason, count in s.reasons for item in (reason, count)]
+            reasons += [""] * (2 * top - len(reasons))
+            writer.writerow([s.exercise.id, s.exercise.title, s.submissions, s.passed, f"{s.pass_rate:.3f}", *reasons])
+
+
+def write_csv(results: Sequence[SubmissionResult], path: Path) -> None:
+    """One row per (submission, exercise), for a whole class in a spreadsheet."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["submission", "chapter", "exercise", "title", "points", "possible", "result"])
+        for result in results:
+            for r in result.exercises:
+                writer.writerow([str(result.path), result.chapter, r.exercise.id, r.exercise.title,
+                                 r.earned, r.exercise.points, r.reason])
+
+
+def write_junit(results: Sequence[SubmissionResult], path: Path) -> None:
+    """JUnit XML for CI dashboards: a test suite per submission, a test case per exercise."""
+    suites = ElementTree.Element("testsuites")
+    for result in results:
+        failures = sum(not r.passed for r in result.exercises)
+        suite = ElementTree.SubElement(
+            suites, "testsuite", name=str(result.path), tests=str(len(result.exercises)),
+            failures=str(failures), errors="0",
+        )
+        for r in result.exercises:
+            case = ElementTree.SubElement(
+                suite, "testcase", classname=result.chapter, name=f"Exercise {r.exercise.id} — {r.exercise.title}"
+            )
+            if not r.passed:
+                ElementTree.SubElement(case, "failure", message=r.reason)
+    ElementTree.indent(suites)
+    ElementTree.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
