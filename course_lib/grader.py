@@ -16,9 +16,11 @@ import csv
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -95,7 +97,9 @@ def read_submission(path: Path) -> NotebookNode:
     if len(data["cells"]) > MAX_CELLS:
         raise UnusableSubmission(f"{path}: {len(data['cells'])} cells; the grader reads notebooks of up to {MAX_CELLS}")
     try:
-        nb = nbformat.reads(text, as_version=4)
+        with warnings.catch_warnings():  # nbformat repairs duplicate cell ids with a warning: not the instructor's concern
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(text, as_version=4)
     except Exception as error:  # nbformat raises several types for schemas it cannot read
         first = next((ln for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
         raise UnusableSubmission(f"{path}: not a readable Jupyter notebook ({first.strip()[:80]})") from None
@@ -269,7 +273,9 @@ class _Kernel:
         self.client = None
 
     def start(self, timeout: float) -> None:
-        self.manager.start_kernel(cwd=str(Path(self.manager.connection_file).parent))
+        # the kernel's own output (banner, the learner's writes to fd 1/2) never reaches the grader's
+        self.manager.start_kernel(cwd=str(Path(self.manager.connection_file).parent),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.watch = _MemoryWatch(self.manager.provisioner.process.pid, self.limits.memory_bytes)
         self.client = self.manager.client()
         self.client.start_channels()

@@ -480,22 +480,59 @@ def test_a_crash_in_learner_code_is_reported_by_type_and_first_line(capsys):
     )
 
 
-def test_verdicts_are_deterministic(capsys):
-    grading.check_masked_mean(lambda x, m: (x * m).mean(1))
+@pytest.mark.parametrize("exercise", CASES)
+def test_verdicts_are_deterministic(exercise, capsys):
+    check, _, mistakes = CASES[exercise]
+    check(mistakes[0][0])
     first = capsys.readouterr().out
     torch.manual_seed(999)
-    grading.check_masked_mean(lambda x, m: (x * m).mean(1))
+    check(mistakes[0][0])
     assert capsys.readouterr().out == first
 
 
-def test_checks_do_not_consume_the_global_random_state():
+@pytest.mark.parametrize("exercise", CASES)
+def test_checks_do_not_consume_the_global_random_state(exercise):
+    check, solution, _ = CASES[exercise]
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    grading.check_normalize_rows(lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    check(solution)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_exercises_have_titles_and_points():
     for exercise_id, exercise in grading.EXERCISES.items():
         assert exercise.id == exercise_id and exercise.title and exercise.points >= 1
+
+
+def test_every_registered_exercise_has_exactly_one_check_class():
+    from course_lib.checks import load
+
+    for exercise_id, exercise in grading.EXERCISES.items():
+        check = load(exercise_id)
+        assert check.exercise == exercise_id
+        assert callable(getattr(grading, exercise.check))
+
+
+@pytest.mark.parametrize("exercise", CASES)
+def test_cases_are_plain_data_and_the_same_in_every_process(exercise):
+    """The grader writes a check's cases for the sandbox and judges with its own copy: they must
+    survive the trip unchanged and not depend on the global random state."""
+    from course_lib import plain
+    from course_lib.checks import load
+
+    check = load(exercise)
+    torch.manual_seed(1)
+    first = plain.to_bytes(check.cases())
+    torch.manual_seed(2)
+    assert plain.to_bytes(check.cases()) == first
+    assert "unsupported" not in first[0].decode()
+
+
+def test_the_registry_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, course_lib.checks, course_lib.exercises; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

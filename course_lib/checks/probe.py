@@ -23,9 +23,6 @@ from typing import Any
 
 from course_lib.checks import EXERCISES
 
-BLOCKED_MESSAGE = "this exercise asks you to write it yourself: the course's reference is switched off while it is graded"
-
-
 class ReferenceBlocked(RuntimeError):
     """Raised by a course_lib reference that is switched off while its exercise is graded."""
 
@@ -34,7 +31,8 @@ _course_reference_blocked = ReferenceBlocked  # the name _blocked's code looks u
 
 
 def _blocked(*args: Any, **kwargs: Any) -> Any:
-    raise _course_reference_blocked(BLOCKED_MESSAGE)
+    # runs with the globals of the reference's module: only builtins and the name block() put there
+    raise _course_reference_blocked("this exercise asks you to write it yourself: the reference is switched off while graded")
 
 
 def block(target: str) -> None:
