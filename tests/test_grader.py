@@ -194,8 +194,11 @@ def test_hostile_submissions_earn_nothing_and_change_nothing(tmp_path):
     assert "kernel stopped" in reasons["exit"], reasons["exit"]
     # kill(-1) reaches only the sandbox's own processes (not even the kernel itself): grading goes on
     assert "not yet solved" in points["kill-04_attention"]["4.2"][1]
-    # the attacks on 4.1 leave the other exercises of the same submission to the usual verdict
-    for name in ("patched", "lying_tensor", "inspect", "call_reference", "endless_loop", "memory", "fork_bomb"):
+    # the attacks on 4.1 leave the other exercises of the same submission to the usual verdict (a
+    # patched `isinstance` breaks the kernel itself, and the fork bomb's 256 copies of the kernel hold
+    # more memory than allowed, so the watchdog stops it: those submissions lose the rest, nothing more)
+    assert "more memory than allowed" in points["fork_bomb-04_attention"]["4.2"][1]
+    for name in ("lying_tensor", "inspect", "call_reference", "endless_loop", "memory"):
         assert "not yet solved" in points[f"{name}-04_attention"]["4.2"][1], (name, points[f"{name}-04_attention"])
     assert _fingerprint() == before
     assert not list(ROOT.glob("owned.txt"))
