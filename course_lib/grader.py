@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import queue
 import re
 import shutil
 import subprocess
@@ -284,23 +285,38 @@ class _Kernel:
     def alive(self) -> bool:
         return self.manager.is_alive() and not (self.watch and self.watch.exceeded)
 
-    def run(self, source: str, timeout: float) -> str:
-        """Execute ``source``: "ok", "error", "timeout" (interrupted; the kernel survives) or "dead"."""
-        try:
-            reply = self.client.execute_interactive(source, timeout=timeout, output_hook=lambda message: None,
-                                                    allow_stdin=False, stop_on_error=False)
-        except TimeoutError:
-            self.manager.interrupt_kernel()
+    def _reply(self, msg_id: str, deadline: float) -> dict | None:
+        """The kernel's reply to ``msg_id``, its output discarded unread; ``None`` when the deadline
+        passes or the kernel dies first."""
+        while time.monotonic() < deadline:
             try:
-                self.client.execute_interactive("", timeout=10, output_hook=lambda message: None, allow_stdin=False)
-            except (TimeoutError, RuntimeError):
-                kill_tree(self.manager.provisioner.process.pid)
-            return "timeout"
-        except RuntimeError:  # the kernel died while we waited
-            return "dead"
+                while time.monotonic() < deadline:  # drain the output so the kernel never blocks on it
+                    self.client.get_iopub_msg(timeout=0)
+            except queue.Empty:
+                pass
+            try:
+                reply = self.client.get_shell_msg(timeout=0.2)
+            except queue.Empty:
+                if not self.alive():
+                    return None
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return reply
+        return None
+
+    def run(self, source: str, timeout: float) -> str:
+        """Execute ``source``: "ok", "error", "timeout" (interrupted; a kernel that ignores the
+        interrupt is stopped) or "dead"."""
+        msg_id = self.client.execute(source, allow_stdin=False, stop_on_error=False)
+        reply = self._reply(msg_id, time.monotonic() + timeout)
+        if reply is not None:
+            return "ok" if reply["content"].get("status") == "ok" else "error"
         if not self.alive():
             return "dead"
-        return "ok" if reply["content"].get("status") == "ok" else "error"
+        self.manager.interrupt_kernel()
+        if self._reply(msg_id, time.monotonic() + 10) is None:
+            kill_tree(self.manager.provisioner.process.pid)
+        return "timeout"
 
     def stop(self) -> None:
         if self.watch:
@@ -421,6 +437,11 @@ def grade(
             worker = free.pop()
         try:
             return grade_one(*job, workdir, timeout, limits, use_sandbox, worker, hidden)
+        except Exception as error:  # noqa: BLE001 (one submission's trouble never stops the class)
+            path, reference, _ = job
+            failed = [ExerciseResult(p.exercise, 0, "not graded: the grader failed on this submission")
+                      for p in reference_probes(reference)]
+            return SubmissionResult(path, reference.stem, failed, [f"grading failed ({type(error).__name__}: {error})"])
         finally:
             with lock:
                 free.append(worker)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from course_lib.autograd import Value
-from course_lib.checks.verdict import Check, CheckFailed, expect_number, expect_tensor, generator
+from course_lib.checks.verdict import Check, CheckFailed, expect_fields, expect_number, expect_tensor, generator
 from course_lib.plain import type_name
 
 # The functions 2.1 differentiates, by the name a case carries: (f on a tensor, its derivative).
@@ -33,12 +32,6 @@ def _short(number: float) -> str:
     mantissa, exponent = f"{number:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
-
-def _fields(got: Any, *keys: str) -> list[Any]:
-    """The values of ``keys`` in a probe's dict, or a failure if it is not such a dict."""
-    if type(got) is not dict or not all(key in got for key in keys):
-        raise CheckFailed("the check's results could not be read")
-    return [got[key] for key in keys]
 
 
 class DerivativeAt(Check):
@@ -80,10 +73,10 @@ class Sigmoid(Check):
         return {"is_value": True, "data": out.data, "grad": v.grad}
 
     def judge(self, x, got):
-        (is_value,) = _fields(got, "is_value")
+        (is_value,) = expect_fields(got, "is_value")
         if is_value is not True:
             raise CheckFailed(f"at x={x}: expected a Value, got {type_name(got.get('returned'))}")
-        data, grad = _fields(got, "data", "grad")
+        data, grad = expect_fields(got, "data", "grad")
         value = 1 / (1 + math.exp(-x))
         slope = value * (1 - value)
         expect_number(data, value, f"sigmoid value at x={x}", atol=1e-9)
@@ -140,17 +133,17 @@ class SiLUFunction(Check):
         return {"is_function": True, "grad": grad}
 
     def judge(self, case, got):
-        (is_function,) = _fields(got, "is_function")
+        (is_function,) = expect_fields(got, "is_function")
         if is_function is not True:
             raise CheckFailed("expected a subclass of torch.autograd.Function")
         if "gradcheck" in case:
-            (passed,) = _fields(got, "gradcheck")
+            (passed,) = expect_fields(got, "gradcheck")
             if passed is not True:
                 raise CheckFailed("torch.autograd.gradcheck disagrees with your backward")
             return
         x = case["x"].detach().clone().requires_grad_(True)
         (expected,) = torch.autograd.grad(F.silu(x), x, case["upstream"])
-        (grad,) = _fields(got, "grad")
+        (grad,) = expect_fields(got, "grad")
         expect_tensor(grad, expected, f"gradient for x of shape {tuple(x.shape)}", atol=1e-10)
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from course_lib.checks.verdict import (
+    UNREADABLE,
     Check,
     CheckFailed,
     call,
+    expect_fields,
     expect_number,
     expect_tensor,
     expect_unchanged,
@@ -22,12 +22,6 @@ NEAR_1000 = "logits near ±1000 (subtract the max)"
 MINUS_INF = "a logit of -inf (a masked position)"
 LARGE_LOGITS = "large logits (use the log-sum-exp form, not log(softmax))"
 
-
-def _fields(got: Any, *keys: str) -> list[Any]:
-    """The values of ``keys`` in a probe's dict, or a failure if it is not such a dict."""
-    if type(got) is not dict or not all(key in got for key in keys):
-        raise CheckFailed("the check's results could not be read")
-    return [got[key] for key in keys]
 
 
 def _mlp(weights: dict[str, torch.Tensor] | None = None, seed: int = 0) -> nn.Module:
@@ -129,9 +123,9 @@ class TrainStep(Check):
         expected_loss = F.cross_entropy(reference(case["x"]), case["y"])
         expected_loss.backward()
         optimizer.step()
-        loss, parameters, trainable_leaf = _fields(got, "loss", "parameters", "trainable_leaf")
+        loss, parameters, trainable_leaf = expect_fields(got, "loss", "parameters", "trainable_leaf")
         if type(parameters) is not dict or type(trainable_leaf) is not dict:
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         expect_number(loss, expected_loss.item(), f"step {step}: the returned loss", atol=1e-6, rtol=1e-5)
         for name, q in reference.named_parameters():
             if trainable_leaf.get(name) is not True:

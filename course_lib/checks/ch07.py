@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks.verdict import Check, CheckFailed, call, expect_number, expect_unchanged, generator
+from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, call, expect_number, expect_unchanged, generator
 from course_lib.plain import type_name
 
 
@@ -91,7 +91,7 @@ class WarmupLinearFactor(Check):
 
         warmup, total, steps = case
         if type(got) is not list or len(got) != len(steps):
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         reference = get_linear_schedule_with_warmup(optimizer, warmup, total).lr_lambdas[0]
         for step, value in zip(steps, got):

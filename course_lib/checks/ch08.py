@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from course_lib.checks.verdict import (
+    UNREADABLE,
     Check,
     CheckFailed,
     call,
@@ -105,7 +106,7 @@ class FreezeAllBut(Check):
         names = dict(_freeze_model().named_parameters())
         actual = got.get("requires_grad") if type(got) is dict else None
         if type(actual) is not dict or set(actual) != set(names) or any(type(v) is not bool for v in actual.values()):
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         expected = {n: any(k in n for k in keep) for n in names}
         wrong = sorted(n for n in names if actual[n] != expected[n])
         if wrong:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from course_lib.checks.verdict import Check, CheckFailed, expect_number, expect_tensor, generator
+from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, expect_number, expect_tensor, generator
 from course_lib.plain import Unsupported, type_name
 
 
@@ -99,13 +99,13 @@ class ValidateTexts(Check):
         payload = case["payload"]
         described = _describe_payload(payload)
         if type(got) is not dict or not (set(got) == {"returned"} or got == {"raised_value_error": True}):
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         if not case["valid"]:
             if "returned" in got:
                 raise CheckFailed(f"payload {described} is invalid: expected a ValueError, got a return value")
             return
         if "returned" not in got:
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         returned = got["returned"]
         expected = PredictRequest.model_validate(payload).texts
         if not (type(returned) is list and all(type(t) is str for t in returned) and returned == expected):
@@ -143,7 +143,7 @@ class Percentile(Check):
         values, q = case
         described = f"{len(values)} values, q={q}"
         if type(got) is not dict or set(got) != {"out", "values"}:
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         after = got["values"]
         if not (type(after) is list and len(after) == len(values)
                 and all(type(a) in (int, float) and a == b for a, b in zip(after, values))):

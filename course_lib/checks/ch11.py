@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.checks.verdict import (
+    UNREADABLE,
     Check,
     CheckFailed,
     call,
@@ -67,7 +68,7 @@ class AccumulateGradients(Check):
         grads = got.get("grads")
         names = [name for name, _ in reference.named_parameters()]
         if type(grads) is not dict or set(grads) != set(names):
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         for name, r in reference.named_parameters():
             if grads[name] is None:
                 raise CheckFailed(f"{described}: {name}.grad is None")
@@ -99,7 +100,7 @@ class TrainingStateBytes(Check):
 
         parameters, pairs = case
         if type(got) is not list or len(got) != len(pairs):
-            raise CheckFailed("the check's results could not be read")
+            raise CheckFailed(UNREADABLE)
         for (precision, optimizer), value in zip(pairs, got):
             expected = parameters * sum(bytes_per_parameter(precision, optimizer).values())
             expect_number(value, expected, f"{parameters:,} parameters, {precision}, {optimizer}", atol=0.5)

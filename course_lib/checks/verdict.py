@@ -25,6 +25,7 @@ import torch
 from course_lib import plain
 from course_lib.plain import type_name
 
+UNREADABLE = "the check's results could not be read"
 NOT_SOLVED = "not yet solved: replace the `raise NotImplementedError` with your code"
 BLOCKED = "ReferenceBlocked"  # the exception a switched-off course_lib reference raises
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
@@ -110,7 +111,12 @@ def judge(check: Check, cases: Sequence[Any], outputs: Sequence[Any]) -> str:
                     raise CheckFailed("your code called the course's reference, which is switched off while "
                                       "it is graded: this exercise asks you to write it yourself")
                 raise CheckFailed(f"your code raised {error.names[0]}" + (f": {error.message}" if error.message else ""))
-            check.judge(case, got)
+            try:
+                check.judge(case, got)
+            except CheckFailed:
+                raise
+            except Exception as error:  # noqa: BLE001 (data of an unexpected form: a failure, never a crash)
+                raise CheckFailed(f"{UNREADABLE} ({type(error).__name__} while comparing)") from None
     except CheckFailed as failure:
         return f"{name} failed: {failure}"
     return f"{name} passed"
@@ -149,7 +155,7 @@ def expect_unchanged(case_args: Sequence[Any], got: dict) -> Any:
     """Judge side of :func:`call`: fail if a tensor argument came back changed; return the output."""
     after = got.get("args") if type(got) is dict else None
     if type(after) is not list or len(after) != len(case_args):
-        raise CheckFailed("the check's results could not be read")
+        raise CheckFailed(UNREADABLE)
     for i, (before, now) in enumerate(zip(case_args, after)):
         if isinstance(before, torch.Tensor) and not (
             isinstance(now, torch.Tensor) and now.shape == before.shape and now.dtype == before.dtype
@@ -157,6 +163,13 @@ def expect_unchanged(case_args: Sequence[Any], got: dict) -> Any:
         ):
             raise CheckFailed(f"argument {i + 1} was modified in place; leave inputs unchanged")
     return got.get("out")
+
+
+def expect_fields(got: Any, *keys: str) -> list[Any]:
+    """The values of ``keys`` in a probe's dict, or a failure if ``got`` is not such a dict."""
+    if type(got) is not dict or not all(key in got for key in keys):
+        raise CheckFailed(UNREADABLE)
+    return [got[key] for key in keys]
 
 
 def expect_tensor(got: Any, expected: torch.Tensor, case: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
