@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_lib run|doctor|exercises|grade|serve``. Thin: parses arguments and
+"""Command line: ``python -m course_lib run|doctor|exercises|grade|clean|serve``. Thin: parses arguments and
 calls the modules that do the work."""
 
 from __future__ import annotations
@@ -93,6 +93,20 @@ def _grade(args: argparse.Namespace) -> int:
     return 2 if errors and not results else 0
 
 
+def _clean(args: argparse.Namespace) -> int:
+    from course_lib.clean import clean
+
+    try:
+        freed = clean(everything=args.all)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for folder, size in freed:
+        print(f"removed {folder}/ ({size / 2**20:.1f} MiB)")
+    print(f"freed {sum(size for _, size in freed) / 2**20:.1f} MiB" if freed else "nothing to remove")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from course_lib.serve import serve
 
@@ -138,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--sandbox", choices=("auto", "bubblewrap", "none"), default="auto",
                        help="isolation: bubblewrap when it works here (auto), required, or none")
     grade.set_defaults(handler=_grade)
+
+    clean = commands.add_parser("clean", help="delete runs/, outputs/ and checkpoints/ (what running the course wrote)")
+    clean.add_argument("--all", action="store_true", help="also data/cache/ (fetched again on first use)")
+    clean.set_defaults(handler=_clean)
 
     serve = commands.add_parser("serve", help="serve a classifier over HTTP (FastAPI + uvicorn)")
     serve.add_argument("--model", type=Path, required=True, help="model folder (save_pretrained or ONNX export)")

@@ -126,10 +126,19 @@ def check_memory() -> Check:
     return Check("OK", "memory", f"{available:.1f} GiB free")
 
 
+def check_sandbox() -> Check:
+    from course_lib.sandbox import bubblewrap
+
+    if bubblewrap() is not None:
+        return Check("OK", "grading sandbox", f"bubblewrap works ({bubblewrap()}): `grade` isolates submissions")
+    return Check("WARN", "grading sandbox", "no working bubblewrap: `grade` would run submissions without isolation "
+                 "(Linux: apt install bubblewrap); learners need nothing of it")
+
+
 def run_checks() -> list[Check]:
     checks = [check_python()]
     checks += check_pins(repo_root() / "requirements.txt")
-    for check in (check_device, check_kernel, check_bundled_model, check_data, check_memory):
+    for check in (check_device, check_kernel, check_bundled_model, check_data, check_memory, check_sandbox):
         try:
             checks.append(check())
         except Exception as error:  # a broken install must still give a readable report

@@ -101,3 +101,13 @@ def test_doctor_passes_in_the_pinned_environment():
     assert result.returncode == 0, result.stdout
     assert "OK    torch: 2.13.0" in result.stdout
     assert "OK    device: cpu" in result.stdout or "OK    device: cuda" in result.stdout
+
+
+def test_doctor_says_whether_grading_is_sandboxed(monkeypatch):
+    from course_lib import sandbox
+
+    monkeypatch.setattr(sandbox, "bubblewrap", lambda: None)
+    check = doctor.check_sandbox()
+    assert check.status == "WARN" and "without isolation" in check.detail
+    monkeypatch.setattr(sandbox, "bubblewrap", lambda: "/usr/bin/bwrap")
+    assert doctor.check_sandbox().status == "OK"

@@ -2,6 +2,7 @@
 wrote and nothing a submission stores."""
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,6 @@ from course_lib.runner import chapter_notebooks
 from course_lib.exercises import (
     find_exercises,
     generate,
-    make_exercise_notebook,
-    render,
     strip_solutions,
 )
 
@@ -64,8 +63,13 @@ def test_check_reports_stale_missing_and_orphaned_files(tmp_path):
 
 
 def test_generation_is_byte_for_byte_deterministic():
-    for path in chapter_notebooks(NOTEBOOKS):
-        assert render(make_exercise_notebook(path)) == render(make_exercise_notebook(path))
+    """Two processes with different hash seeds (set and dict orders) write the same bytes."""
+    code = ("import hashlib; from course_lib.exercises import make_exercise_notebook, render; "
+            "from course_lib.runner import chapter_notebooks, notebooks_dir; "
+            "print(hashlib.sha256(''.join(render(make_exercise_notebook(p)) for p in chapter_notebooks(notebooks_dir())).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(digests) == 1
 
 
 @pytest.mark.parametrize("path", sorted(EXERCISES.glob("*.ipynb")), ids=lambda p: p.name)

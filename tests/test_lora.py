@@ -43,7 +43,7 @@ def test_layer_matches_its_formula_and_starts_as_the_identity():
         layer.lora_B.normal_()
     expected = x @ base.weight.T + base.bias + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-    assert not base.weight.requires_grad or layer.base_layer.weight.requires_grad is False
+    assert layer.base_layer.weight.requires_grad is False and base.weight.requires_grad  # the copy is frozen, not the original
 
 
 def test_inject_replaces_only_the_targets_and_keeps_outputs():

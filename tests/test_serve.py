@@ -2,6 +2,7 @@
 concurrent requests, both backends, and the real server process started and stopped."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -132,7 +133,7 @@ def test_the_real_server_process_starts_answers_and_stops(model_dir):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    assert server.returncode is not None
+    assert server.returncode in (0, -signal.SIGTERM), f"stopped by SIGTERM, it exited with {server.returncode}"
 
 
 def test_cli_refuses_a_folder_without_a_model(tmp_path):
@@ -148,8 +149,8 @@ def test_service_process_load_test_and_stop(model_dir):
         parallel = serve.load_test(service.url, ["a fine film", "a dull film"], requests=24, concurrency=4, warmup=0)
         half_bad = serve.load_test(service.url, ["a fine film", ""], requests=10, concurrency=2, warmup=0)
         assert httpx.get(f"{service.url}/health").json() == {"status": "ok"}  # still up after the 422s
-    assert not service.running() and service.process.returncode is not None
-    assert isinstance(service.log(), str)  # still readable once stopped
+    assert not service.running() and service.process.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in service.log() and "ERROR" not in service.log()  # still readable once stopped
     with pytest.raises(RuntimeError, match="was started before"):
         service.start()
     assert sequential.failures == 0 and len(sequential.latencies) == 20 and sequential.concurrency == 1
