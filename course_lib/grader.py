@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import functools
 import json
 import queue
 import re
@@ -115,7 +116,7 @@ def chapter_of(path: Path, nb: NotebookNode) -> Path:
     (either alone is enough); a submission whose metadata and name disagree is refused."""
     chapters = {p.stem: p for p in find_notebooks()}
     meta = nb.metadata.get(META)
-    stored = meta.get("chapter") if isinstance(meta, dict) else None
+    stored = meta.get("chapter") if isinstance(meta, dict) and isinstance(meta.get("chapter"), str) else None
     named = [stem for stem in chapters if stem in path.stem]
     if stored in chapters:
         if named and named != [stored]:
@@ -140,6 +141,7 @@ class Probe:
     candidate: str  # the name the check cell passes to the check
 
 
+@functools.cache
 def reference_probes(reference: Path) -> list[Probe]:
     """Each exercise of a chapter with the name its check cell hands to the check."""
     nb = nbformat.read(reference, as_version=4)
@@ -162,29 +164,32 @@ def _role(cell: NotebookNode) -> tuple[str | None, str | None]:
 
 def plan(submission: NotebookNode, probes: list[Probe]) -> list[str | Probe]:
     """The learner's code cells in order, with each exercise's probe where its check cell stood
-    (found by metadata or by the ``grading.check_…`` call; else after its last solution cell; else
-    at the end). Check cells and cells tagged ``grading-skip`` are left out."""
-    steps: list[str | Probe] = []
-    placed: dict[str, int] = {}
-    last_solution: dict[str, int] = {}
+    (the cell the generator marked as its check, else the first cell calling its ``grading.check_…``;
+    else right after its last solution cell; else at the end). Check cells are left out, and so are
+    cells tagged ``grading-skip``; a cell that holds code and a check call (cells merged in
+    JupyterLab) runs without the call's lines."""
     by_id = {p.exercise.id: p for p in probes}
-    for cell in submission.cells:
-        if cell.get("cell_type") != "code":
-            continue
-        tags = cell.metadata.get("tags", [])
-        if isinstance(tags, list) and GRADING_SKIP in tags:
-            continue
+    code = [c for c in submission.cells if c.get("cell_type") == "code"
+            and not (isinstance(c.metadata.get("tags"), list) and GRADING_SKIP in c.metadata["tags"])]
+    marked = {exercise_id for c in code for role, exercise_id in [_role(c)] if role == "check"}
+    steps: list[str | Probe] = []
+    placed: set[str] = set()
+    last_solution: dict[str, int] = {}
+    for cell in code:
         role, exercise_id = _role(cell)
-        calls = [BY_CHECK[name].id for name in CHECK_CALL.findall(cell.source) if name in BY_CHECK]
-        if role == "check" or calls:
-            for found in ([exercise_id] if role == "check" else []) + calls:
-                if found in by_id and found not in placed:
-                    placed[found] = len(steps)
-                    steps.append(by_id[found])
-            continue
-        if role == "solution" and exercise_id in by_id:
-            last_solution[exercise_id] = len(steps)
-        steps.append(cell.source)
+        if role == "check":
+            found = [exercise_id]
+        else:
+            found = [BY_CHECK[n].id for n in CHECK_CALL.findall(cell.source) if n in BY_CHECK and BY_CHECK[n].id not in marked]
+            kept = "\n".join(line for line in cell.source.splitlines() if not CHECK_CALL.search(line))
+            if kept.strip():
+                if role == "solution" and exercise_id in by_id:
+                    last_solution[exercise_id] = len(steps)
+                steps.append(kept)
+        for exercise in found:
+            if exercise in by_id and exercise not in placed:
+                placed.add(exercise)
+                steps.append(by_id[exercise])
     missing = [p for p in probes if p.exercise.id not in placed]
     # check cells the learner deleted: right after the exercise's last solution cell (inserted from
     # the back, so earlier positions stay valid), else at the end
@@ -195,9 +200,10 @@ def plan(submission: NotebookNode, probes: list[Probe]) -> list[str | Probe]:
     return steps
 
 
-def _probe_source(probe: Probe) -> str:
+def _probe_source(probe: Probe, exchange: Path) -> str:
+    """The cell that probes one exercise (an absolute folder: the learner may have changed directory)."""
     return (f"from course_lib.checks import probe as _course_probe\n"
-            f"_course_probe.run({probe.exercise.id!r}, lambda: {probe.candidate})")
+            f"_course_probe.run({probe.exercise.id!r}, lambda: {probe.candidate}, {str(exchange)!r})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,9 +226,14 @@ class _MemoryWatch:
             try:
                 root = psutil.Process(self.pid)
                 tree = [root, *root.children(recursive=True)]
-                used = sum(p.memory_info().rss for p in tree)
-            except psutil.Error:
+            except psutil.Error:  # the kernel is gone
                 return
+            used = 0
+            for process in tree:  # private memory: pages shared after a fork count once
+                try:
+                    used += process.memory_full_info().uss
+                except psutil.Error:  # exited meanwhile
+                    pass
             if used > self.limit:
                 self.exceeded = True
                 kill_tree(self.pid)
@@ -253,20 +264,22 @@ class _Kernel:
     """One sandboxed kernel: start, run code with a time limit, stop (with everything it started)."""
 
     def __init__(self, exchange: Path, exercises: list[str], limits: sandbox.Limits, use_sandbox: bool,
-                 worker: int, hidden: tuple[Path, ...]) -> None:
+                 worker: int) -> None:
         from jupyter_client import KernelManager
         from jupyter_client.kernelspec import KernelSpecManager
 
         specs = exchange.parent / f"kernels-{exchange.name}"
         (specs / "course-sandbox").mkdir(parents=True)
-        argv = sandbox.kernel_argv(exchange, exercises, limits, use_sandbox, worker, hidden)
-        spec = {"argv": argv, "display_name": "course sandbox", "language": "python", "interrupt_mode": "message",
-                "env": {} if use_sandbox else sandbox.kernel_env()}
+        argv = sandbox.kernel_argv(exchange, exercises, limits, use_sandbox, worker)
+        spec = {"argv": argv, "display_name": "course sandbox", "language": "python", "interrupt_mode": "message"}
         (specs / "course-sandbox" / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
         self.manager = KernelManager(
             kernel_name="course-sandbox", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]),
             transport="ipc", ip=str(exchange / "kernel"), connection_file=str(exchange / "connection.json"),
         )
+        import zmq
+
+        self.manager.context.setsockopt(zmq.MAXMSGSIZE, 64 * 2**20)  # messages from the kernel are bounded
         self.manager.write_connection_file()
         sandbox.hand_over(exchange / "connection.json", use_sandbox, worker)
         self.limits = limits
@@ -275,7 +288,8 @@ class _Kernel:
 
     def start(self, timeout: float) -> None:
         # the kernel's own output (banner, the learner's writes to fd 1/2) never reaches the grader's
-        self.manager.start_kernel(cwd=str(Path(self.manager.connection_file).parent),
+        # and its environment is kernel_env() alone, never the grader's
+        self.manager.start_kernel(cwd=str(Path(self.manager.connection_file).parent), env=sandbox.kernel_env(),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.watch = _MemoryWatch(self.manager.provisioner.process.pid, self.limits.memory_bytes)
         self.client = self.manager.client()
@@ -290,7 +304,7 @@ class _Kernel:
         passes or the kernel dies first."""
         while time.monotonic() < deadline:
             try:
-                while time.monotonic() < deadline:  # drain the output so the kernel never blocks on it
+                for _ in range(1000):  # the output is discarded unread, a bounded batch at a time
                     self.client.get_iopub_msg(timeout=0)
             except queue.Empty:
                 pass
@@ -333,75 +347,99 @@ class _Kernel:
 
 
 def _judge(probe: Probe, cases: list, out: Path) -> tuple[bool, str]:
+    """(passed, reason) from what the probe wrote; whatever is there, it is only data."""
     from course_lib import plain
     from course_lib.checks import load
-    from course_lib.checks.verdict import judge
+    from course_lib.checks.verdict import UNREADABLE, judge
 
     try:
         data = plain.read(out)
     except plain.PlainDataError:
         return False, "your code stopped the check before it could report (no readable results)"
-    if data == {"undefined": True}:
+    if type(data) is dict and set(data) == {"undefined"} and data["undefined"] is True:
         return False, f"your notebook defines no `{probe.candidate}`: run the exercise's cell"
     if type(data) is not dict or set(data) != {"outputs"} or type(data["outputs"]) is not list:
-        return False, "the check's results could not be read"
-    line = judge(load(probe.exercise.id), cases, data["outputs"])
-    return line.endswith(" passed"), line.removeprefix(f"Exercise {probe.exercise.id} ")
+        return False, f"failed: {UNREADABLE}"
+    verdict = judge(load(probe.exercise.id), cases, data["outputs"])
+    return verdict.passed, verdict.reason
+
+
+def printable(reason: str, limit: int = 240) -> str:
+    """A reason as one short line of printable text, whatever a failure message quoted."""
+    text = "".join(c if c.isprintable() else " " for c in reason)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def submission_budget(timeout: float) -> float:
+    """Seconds one submission may take in all: 10 cells' worth of ``timeout``, at least 10 minutes."""
+    return max(600.0, 10 * timeout)
+
+
+@functools.cache
+def _cases(exercise_id: str) -> list:
+    """An exercise's cases, made once per grading run (judges only read them)."""
+    from course_lib.checks import load
+
+    return load(exercise_id).cases()
 
 
 def grade_one(
     path: Path, reference: Path, submission: NotebookNode, workdir: Path, timeout: float,
-    limits: sandbox.Limits, use_sandbox: bool, worker: int, hidden: tuple[Path, ...],
+    limits: sandbox.Limits, use_sandbox: bool, worker: int,
 ) -> SubmissionResult:
     """Grade one submission in its own sandboxed kernel."""
     from course_lib import plain
-    from course_lib.checks import load
 
     probes = reference_probes(reference)
     steps = plan(submission, probes)
     exchange = workdir / f"w{worker}-{time.monotonic_ns()}"
     sandbox.prepare_exchange(exchange, use_sandbox, worker)
-    cases = {}
     for probe in probes:
-        cases[probe.exercise.id] = load(probe.exercise.id).cases()
-        plain.write(exchange / f"in-{probe.exercise.id}", cases[probe.exercise.id])
+        plain.write(exchange / f"in-{probe.exercise.id}", _cases(probe.exercise.id))
         for suffix in (".json", ".safetensors"):
             sandbox.hand_over(exchange / f"in-{probe.exercise.id}{suffix}", use_sandbox, worker)
 
+    passed: set[str] = set()
     reasons: dict[str, str] = {}
     notes: list[str] = []
-    kernel = _Kernel(exchange, [p.exercise.id for p in probes], limits, use_sandbox, worker, hidden)
+    deadline = time.monotonic() + submission_budget(timeout)
+    kernel = _Kernel(exchange, [p.exercise.id for p in probes], limits, use_sandbox, worker)
     try:
+        stopped = None
         try:
             kernel.start(timeout=120)
         except Exception as error:  # noqa: BLE001 (report, and grade the next submission)
             notes.append(f"the kernel did not start ({type(error).__name__})")
-        stopped = None
         for step in steps:
+            if stopped is None and time.monotonic() > deadline:
+                stopped = f"the submission used its {submission_budget(timeout):g} s"
             if stopped is None and not kernel.alive():
-                stopped = ("it used more memory than allowed" if kernel.watch and kernel.watch.exceeded
-                           else "it crashed or exited")
+                stopped = ("the kernel used more memory than allowed" if kernel.watch and kernel.watch.exceeded
+                           else "the kernel crashed or exited")
             if stopped is not None:
                 if isinstance(step, Probe):
-                    reasons[step.exercise.id] = f"not run: the kernel stopped before this check ({stopped})"
+                    reasons[step.exercise.id] = f"not run: {stopped} before this check"
                 continue
-            if isinstance(step, Probe):
-                status = kernel.run(_probe_source(step), timeout)
-                if status == "timeout":
-                    reasons[step.exercise.id] = f"timed out (more than {timeout:g} s)"
-                elif status == "dead":
-                    reasons[step.exercise.id] = "not run to the end: the kernel stopped during this check"
-                else:
-                    passed, reason = _judge(step, cases[step.exercise.id], exchange / f"out-{step.exercise.id}")
-                    reasons[step.exercise.id] = "passed" if passed else reason
+            limit = min(timeout, max(1.0, deadline - time.monotonic()))
+            if not isinstance(step, Probe):
+                kernel.run(step, limit)
+                continue
+            status = kernel.run(_probe_source(step, exchange), limit)
+            if status == "timeout":
+                reasons[step.exercise.id] = f"timed out (more than {limit:g} s)"
+            elif status == "dead":
+                reasons[step.exercise.id] = "not run to the end: the kernel stopped during this check"
             else:
-                kernel.run(step, timeout)
+                ok, reason = _judge(step, _cases(step.exercise.id), exchange / f"out-{step.exercise.id}")
+                if ok:
+                    passed.add(step.exercise.id)
+                reasons[step.exercise.id] = printable(reason)
     finally:
         kernel.stop()
         shutil.rmtree(exchange, ignore_errors=True)
         shutil.rmtree(exchange.parent / f"kernels-{exchange.name}", ignore_errors=True)
     results = [
-        ExerciseResult(p.exercise, p.exercise.points if reasons.get(p.exercise.id) == "passed" else 0,
+        ExerciseResult(p.exercise, p.exercise.points if p.exercise.id in passed else 0,
                        reasons.get(p.exercise.id, "not run"))
         for p in probes
     ]
@@ -428,7 +466,8 @@ def grade(
             jobs.append((path, chapter_of(path, submission), submission))
         except UnusableSubmission as error:
             errors.append(str(error))
-    hidden = tuple(sorted({p.resolve().parent for p in paths if p.exists()}))
+        except Exception as error:  # noqa: BLE001 (a file nobody foresaw: one line, and the class goes on)
+            errors.append(f"{path}: cannot be graded ({type(error).__name__})")
     free = list(range(workers))
     lock = threading.Lock()
 
@@ -436,7 +475,7 @@ def grade(
         with lock:
             worker = free.pop()
         try:
-            return grade_one(*job, workdir, timeout, limits, use_sandbox, worker, hidden)
+            return grade_one(*job, workdir, timeout, limits, use_sandbox, worker)
         except Exception as error:  # noqa: BLE001 (one submission's trouble never stops the class)
             path, reference, _ = job
             failed = [ExerciseResult(p.exercise, 0, "not graded: the grader failed on this submission")

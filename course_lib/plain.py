@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -24,6 +26,7 @@ MAX_JSON_BYTES = 32 * 2**20
 MAX_TENSOR_BYTES = 256 * 2**20
 MAX_DEPTH = 32
 _TAGS = ("list", "tuple", "dict", "tensor", "unsupported")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,79}")
 
 
 class PlainDataError(ValueError):
@@ -32,9 +35,17 @@ class PlainDataError(ValueError):
 
 @dataclass(frozen=True)
 class Unsupported:
-    """A value that is not plain data: only the name of its type crosses."""
+    """A value that is not plain data: only the name of its type crosses (an identifier, else
+    ``object``: a name never carries the writer's text into a verdict)."""
 
     type_name: str
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.type_name):
+            object.__setattr__(self, "type_name", "object")
+
+    def __str__(self) -> str:
+        return f"<{self.type_name}>"
 
 
 def type_name(value: Any) -> str:
@@ -53,16 +64,18 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], depth: int) -> Any:
         return int(value)
     if isinstance(value, float):
         return float(value)
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":  # a NumPy scalar is a number
+        return _encode(value.item(), tensors, depth)
     if isinstance(value, (list, tuple)):
         tag = "tuple" if isinstance(value, tuple) else "list"
         return {tag: [_encode(item, tensors, depth + 1) for item in value]}
     if isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):
-            return {"unsupported": "dict with non-string keys"}
+            return {"unsupported": "dict_with_non_string_keys"}
         return {"dict": [[str(k), _encode(v, tensors, depth + 1)] for k, v in value.items()]}
     if isinstance(value, torch.Tensor):
         if value.layout != torch.strided or value.is_complex() or value.device.type == "meta":
-            return {"unsupported": f"{value.layout} tensor"}
+            return {"unsupported": "non_dense_tensor"}
         name = f"t{len(tensors)}"
         tensors[name] = value.detach().as_subclass(torch.Tensor).to("cpu").clone().contiguous()
         return {"tensor": name}
@@ -77,6 +90,8 @@ def to_bytes(value: Any) -> tuple[bytes, bytes]:
 
 
 def _decode(node: Any, tensors: dict[str, torch.Tensor], depth: int) -> Any:
+    """Rebuild a value; each tensor may be named once (``tensors`` loses it when used), so a small
+    JSON cannot make the reader copy one tensor a million times."""
     if depth > MAX_DEPTH:
         raise PlainDataError(f"nested deeper than {MAX_DEPTH} levels")
     if node is None or type(node) in (bool, int, float, str):
@@ -92,9 +107,9 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor], depth: int) -> Any:
             raise PlainDataError("a dict entry is not a [string key, value] pair")
         return {key: _decode(item, tensors, depth + 1) for key, item in body}
     if tag == "tensor" and type(body) is str and body in tensors:
-        return tensors[body].clone()
+        return tensors.pop(body)
     if tag == "unsupported" and type(body) is str:
-        return Unsupported(body[:80])
+        return Unsupported(body)
     raise PlainDataError(f"unexpected node {tag!r} (expected one of {', '.join(_TAGS)})")
 
 

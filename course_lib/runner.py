@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from tqdm.auto import tqdm
 
 
 def repo_root() -> Path:
-    """The course checkout: the folder holding ``notebooks/`` above this package (editable
-    install), else the current directory."""
+    """The course checkout: ``COURSE_ROOT`` if set, else the folder holding ``notebooks/`` above
+    this package (editable install), else the current directory."""
+    if os.environ.get("COURSE_ROOT"):  # set by the grader's sandbox, where notebooks/ is hidden
+        return Path(os.environ["COURSE_ROOT"])
     here = Path(__file__).resolve().parents[1]
     return here if (here / "notebooks").is_dir() else Path.cwd()
 

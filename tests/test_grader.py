@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -98,6 +99,9 @@ HOSTILE = {
             "    except OSError:\n        pass\nos.kill(-1, signal.SIGKILL)\n",
     "exit": "import os\nos._exit(0)\n",
     "close_stdout": "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)\n" + ZEROS,
+    # a failure message quoting a type the learner named "x passed", and control characters
+    "forged_name": "def attention(q, k, v, mask=None):\n    return type('x passed', (), {})()\n",
+    "forged_lines": "def attention(q, k, v, mask=None):\n    return type('E\\nExercise 4.1 passed\\x1b[2K', (), {})()\n",
     # resource exhaustion
     "endless_loop": "def attention(q, k, v, mask=None):\n    while True:\n        pass\n",
     "memory": "import torch\nhog = torch.ones(20 * 2**30, dtype=torch.uint8)\n" + ZEROS,
@@ -140,9 +144,13 @@ def _submission(tmp_path: Path, name: str, chapter: str = "04_attention", cells:
 
 
 def _grade(*args: object) -> tuple[subprocess.CompletedProcess, dict]:
-    stats = Path(str(args[0])).parent / "grades.csv"
+    """Grade with the grader's temporary files (and so its kernels' folders) beside the submissions."""
+    folder = Path(str(args[0])).parent
+    stats, scratch = folder / "grades.csv", folder / "scratch"
+    scratch.mkdir(exist_ok=True)
     result = subprocess.run([sys.executable, "-m", "course_lib", "grade", *map(str, args), "--csv", str(stats)],
-                            capture_output=True, text=True, timeout=1200, cwd=ROOT)
+                            capture_output=True, text=True, timeout=1200, cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(scratch)})
     points: dict[str, dict[str, tuple[int, str]]] = {}
     if stats.exists():
         with stats.open() as handle:
@@ -169,6 +177,9 @@ def _fingerprint() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_hostile_submissions_earn_nothing_and_change_nothing(tmp_path):
+    other_checkout = tmp_path / "another-copy-of-the-course" / "notebooks"  # e.g. a second clone
+    other_checkout.mkdir(parents=True)
+    shutil.copy(NOTEBOOKS / "04_attention.ipynb", other_checkout)
     before = _fingerprint()
     subs = [_submission(tmp_path, f"{name}-04_attention.ipynb", cells={"4.1": source}) for name, source in HOSTILE.items()]
     liar = _submission(tmp_path, "lying_int-00_setup.ipynb", chapter="00_setup", cells={
@@ -191,19 +202,32 @@ def test_hostile_submissions_earn_nothing_and_change_nothing(tmp_path):
     reasons = {name: points[f"{name}-04_attention"]["4.1"][1] for name in HOSTILE}
     assert "write it yourself" in reasons["call_reference"]
     assert "timed out" in reasons["endless_loop"]
-    assert "kernel stopped" in reasons["exit"], reasons["exit"]
+    assert "kernel crashed or exited" in reasons["exit"], reasons["exit"]
     # kill(-1) reaches only the sandbox's own processes (not even the kernel itself): grading goes on
     assert "not yet solved" in points["kill-04_attention"]["4.2"][1]
     # the attacks on 4.1 leave the other exercises of the same submission to the usual verdict (a
-    # patched `isinstance` breaks the kernel itself, and the fork bomb's 256 copies of the kernel hold
-    # more memory than allowed, so the watchdog stops it: those submissions lose the rest, nothing more)
-    assert "more memory than allowed" in points["fork_bomb-04_attention"]["4.2"][1]
-    for name in ("lying_tensor", "inspect", "call_reference", "endless_loop", "memory"):
+    # patched `isinstance` breaks the kernel itself: that submission loses the rest, nothing more)
+    assert all("\n" not in why and "\x1b" not in why for sub in points.values() for _, why in sub.values())
+    for name in ("lying_tensor", "inspect", "call_reference", "endless_loop", "memory", "forged_name"):
         assert "not yet solved" in points[f"{name}-04_attention"]["4.2"][1], (name, points[f"{name}-04_attention"])
     assert _fingerprint() == before
     assert not list(ROOT.glob("owned.txt"))
-    leftovers = subprocess.run(["pgrep", "-f", "course_lib.checks.probe"], capture_output=True, text=True).stdout
-    assert not leftovers.strip(), "a sandboxed kernel outlived the grader"
+    import psutil
+
+    leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers, "a sandboxed kernel outlived the grader"
+    assert not list((tmp_path / "scratch").iterdir()), "the grader left files behind"
+
+
+def _merge_solution_and_check(nb):
+    """JupyterLab's Merge Cells on each solution and its check: one cell, the solution's metadata."""
+    cells = []
+    for cell in nb.cells:
+        if cell.metadata.get("course", {}).get("role") == "check" and cells:
+            cells[-1].source += "\n" + cell.source
+        else:
+            cells.append(cell)
+    nb.cells = cells
 
 
 @pytest.mark.slow
@@ -215,9 +239,13 @@ def test_correct_work_written_differently_earns_full_points(tmp_path):
     helper_cell = _submission(tmp_path, "helper-04_attention.ipynb",
                               cells={"4.1": ATTENTION, "4.2": "def make_causal_mask(size):\n    return _lower(size)\n", "4.3": SPLIT},
                               added={"4.2": ["def _lower(n):\n    return torch.tril(torch.ones(n, n)).bool()\n"]})
-    result, points = _grade(fair, twice, helper_cell, "--workers", "2")
+    moved = _submission(tmp_path, "chdir-04_attention.ipynb", cells={"4.1": "import os\nos.chdir('/')\n" + ATTENTION,
+                                                                     "4.2": CAUSAL, "4.3": SPLIT})
+    merged = _submission(tmp_path, "merged-04_attention.ipynb", cells={"4.1": ATTENTION, "4.2": CAUSAL, "4.3": SPLIT},
+                         edit=_merge_solution_and_check)
+    result, points = _grade(fair, twice, helper_cell, moved, merged, "--workers", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("fair", "twice", "helper"):
+    for name in ("fair", "twice", "helper", "chdir", "merged"):
         assert {e: p for e, (p, _) in points[f"{name}-04_attention"].items()} == {"4.1": 1, "4.2": 1, "4.3": 1}, points
     assert "debug" not in result.stdout and "twice" not in result.stdout.replace("twice-04", "")
 
@@ -274,7 +302,7 @@ def test_metadata_claiming_another_chapter_is_refused(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_probes_go_where_the_check_cells_stood_and_duplicates_all_run():
+def test_probes_go_where_the_check_cells_stood():
     nb = nbformat.read(EXERCISES / "04_attention.ipynb", as_version=4)
     probes = reference_probes(NOTEBOOKS / "04_attention.ipynb")
     steps = plan(nb, probes)

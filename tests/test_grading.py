@@ -35,6 +35,13 @@ class _SiLUWrong(_SiLU):
         return grad * torch.sigmoid(x)
 
 
+class _SiLUWrongForward(_SiLU):
+    @staticmethod
+    def forward(ctx, x):  # tanh instead of the sigmoid; backward still SiLU's
+        ctx.save_for_backward(x)
+        return x * torch.tanh(x)
+
+
 def _train_step(model, x, y, lr, zero=True):
     if zero:
         model.zero_grad()
@@ -183,6 +190,7 @@ CASES = {
         grading.check_silu_function,
         _SiLU,
         [(_SiLUWrong, "gradient for x of shape (5,): values differ"),
+         (_SiLUWrongForward, "output for x of shape (5,): values differ"),
          (F.silu, "expected a subclass of torch.autograd.Function")],
     ),
     "3.1": (

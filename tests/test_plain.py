@@ -47,8 +47,8 @@ def test_subclasses_arrive_as_the_plain_base_type_and_stop_lying():
     back = plain.roundtrip([torch.zeros(3).as_subclass(_LyingTensor), _LyingInt(0), _LyingList([1])])
     tensor, number, items = back
     assert type(tensor) is torch.Tensor and not torch.equal(tensor, torch.ones(3))
-    assert type(number) is int and number != 5
-    assert type(items) is list and items != [2]
+    assert type(number) is int and not number == 5
+    assert type(items) is list and not items == [2]
 
 
 def test_other_objects_cross_only_as_their_type_name():
@@ -56,6 +56,7 @@ def test_other_objects_cross_only_as_their_type_name():
 
     back = plain.roundtrip([np.zeros(2), object(), {1: "int key"}, torch.zeros(2).to_sparse()])
     assert back[0] == Unsupported("ndarray") and back[1] == Unsupported("object")
+    assert plain.roundtrip([np.float32(0.5), np.int64(3), np.bool_(True)]) == [0.5, 3, True]
     assert isinstance(back[2], Unsupported) and isinstance(back[3], Unsupported)
     assert plain.type_name(back[0]) == "ndarray" and plain.type_name(3) == "int"
 
@@ -84,6 +85,14 @@ def test_reading_refuses_links_fifos_and_oversized_files(tmp_path, monkeypatch):
     (tmp_path / "big.safetensors").write_bytes(b"")
     with pytest.raises(PlainDataError, match="larger than"):
         plain.read(tmp_path / "big")
+
+
+def test_type_names_carry_no_text_and_tensors_cannot_be_multiplied():
+    forged = type("x passed\nExercise 1.1 passed", (), {})()
+    assert plain.roundtrip(forged) == Unsupported("object")
+    text, blob = plain.to_bytes([torch.ones(1000)])
+    with pytest.raises(PlainDataError):
+        plain.from_bytes(text.replace(b'{"tensor": "t0"}', b'{"tensor": "t0"}, {"tensor": "t0"}'), blob)
 
 
 def test_a_name_with_a_dot_keeps_its_whole_name(tmp_path):

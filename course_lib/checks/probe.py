@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from course_lib.checks import EXERCISES
+
+FILE_LIMIT = 512 * 2**20  # the largest file the kernel may write
+
 
 class ReferenceBlocked(RuntimeError):
     """Raised by a course_lib reference that is switched off while its exercise is graded."""
@@ -53,24 +55,30 @@ def block(target: str) -> None:
         setattr(owner, name, _blocked)
 
 
-def run(exercise_id: str, candidate: Callable[[], Any], folder: Path = Path(".")) -> None:
+def run(exercise_id: str, candidate: Callable[[], Any], folder: str | Path = ".") -> None:
     """Probe the learner's object (``candidate()`` looks it up, so a missing name is reported, not
     raised) on the cases the grader wrote, and write what came back as plain data."""
+    import torch
+
     from course_lib import plain
     from course_lib.checks import load
     from course_lib.checks.verdict import Raised, run_probes
 
+    folder = Path(folder)
     cases = plain.read(folder / f"in-{exercise_id}")
     try:
         learner_object = candidate()
     except NameError:
         plain.write(folder / f"out-{exercise_id}", {"undefined": True})
         return
-    outputs = run_probes(load(exercise_id), learner_object, cases, with_messages=False)
+    with torch.random.fork_rng(devices=[]):  # as in the notebook: the learner's random state is kept
+        outputs = run_probes(load(exercise_id), learner_object, cases, with_messages=False)
     plain.write(folder / f"out-{exercise_id}", {"outputs": [o.to_plain() if isinstance(o, Raised) else o for o in outputs]})
 
 
 def _limit(kind: int, value: int) -> None:
+    import resource
+
     soft, hard = resource.getrlimit(kind)
     if hard != resource.RLIM_INFINITY:
         value = min(value, hard)
@@ -86,11 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kernel_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
-    _limit(resource.RLIMIT_CORE, 0)
-    if args.memory:
-        _limit(resource.RLIMIT_AS, args.memory)
-    if args.processes and hasattr(resource, "RLIMIT_NPROC"):
-        _limit(resource.RLIMIT_NPROC, args.processes)
+    try:
+        import resource
+    except ImportError:  # Windows: no resource limits (the grader says it runs without a sandbox)
+        resource = None
+    if resource is not None:
+        _limit(resource.RLIMIT_CORE, 0)
+        _limit(resource.RLIMIT_FSIZE, FILE_LIMIT)
+        if args.memory:
+            _limit(resource.RLIMIT_AS, args.memory)
+        if args.processes and hasattr(resource, "RLIMIT_NPROC"):
+            _limit(resource.RLIMIT_NPROC, args.processes)
     if args.uid >= 0 and os.geteuid() == 0:
         os.setgroups([])
         os.setgid(args.uid)

@@ -96,17 +96,33 @@ def run_probes(check: Check, candidate: Any, cases: Sequence[Any], with_messages
     return results
 
 
-def judge(check: Check, cases: Sequence[Any], outputs: Sequence[Any]) -> str:
-    """The verdict line for the probes' ``outputs`` (as read back: :class:`Raised` allowed)."""
-    name = f"Exercise {check.exercise}"
+@dataclass(frozen=True)
+class Verdict:
+    """A check's outcome: whether it passed, and its one line. Graders read ``passed``, never the
+    line's words (a failure message may quote the name of a type the learner chose)."""
+
+    exercise: str
+    passed: bool
+    reason: str  # "passed", "not yet solved: …" or "failed: …"
+
+    @property
+    def line(self) -> str:
+        return f"Exercise {self.exercise} {self.reason}"
+
+
+def judge(check: Check, cases: Sequence[Any], outputs: Sequence[Any]) -> Verdict:
+    """The verdict on the probes' ``outputs`` (as read back: :class:`Raised` allowed)."""
+    def failed(reason: str) -> Verdict:
+        return Verdict(check.exercise, False, f"failed: {reason}")
+
     if len(outputs) != len(cases):
-        return f"{name} failed: the check's results were incomplete ({len(outputs)} of {len(cases)} cases)"
+        return failed(f"the check's results were incomplete ({len(outputs)} of {len(cases)} cases)")
     try:
         for case, got in zip(cases, outputs):
             error = got if isinstance(got, Raised) else Raised.from_plain(got)
             if error is not None:
                 if error.is_a("NotImplementedError"):
-                    return f"{name} {NOT_SOLVED}"
+                    return Verdict(check.exercise, False, NOT_SOLVED)
                 if error.is_a(BLOCKED):
                     raise CheckFailed("your code called the course's reference, which is switched off while "
                                       "it is graded: this exercise asks you to write it yourself")
@@ -118,8 +134,8 @@ def judge(check: Check, cases: Sequence[Any], outputs: Sequence[Any]) -> str:
             except Exception as error:  # noqa: BLE001 (data of an unexpected form: a failure, never a crash)
                 raise CheckFailed(f"{UNREADABLE} ({type(error).__name__} while comparing)") from None
     except CheckFailed as failure:
-        return f"{name} failed: {failure}"
-    return f"{name} passed"
+        return failed(str(failure))
+    return Verdict(check.exercise, True, "passed")
 
 
 def run_local(check: Check, candidate: Any) -> str:
@@ -129,7 +145,7 @@ def run_local(check: Check, candidate: Any) -> str:
         cases = check.cases()
         outputs = run_probes(check, candidate, plain.roundtrip(cases), with_messages=True)
         readable = [o if isinstance(o, Raised) else plain.roundtrip(o) for o in outputs]
-        return judge(check, cases, readable)
+        return judge(check, cases, readable).line
 
 
 # ---------------------------------------------------------------------------------------------
