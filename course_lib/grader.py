@@ -279,7 +279,9 @@ class _Kernel:
         )
         import zmq
 
-        self.manager.context.setsockopt(zmq.MAXMSGSIZE, 64 * 2**20)  # messages from the kernel are bounded
+        # messages from the kernel are bounded, and nothing unsent to a dead kernel keeps a socket open
+        self.manager.context.setsockopt(zmq.MAXMSGSIZE, 64 * 2**20)
+        self.manager.context.setsockopt(zmq.LINGER, 0)
         self.manager.write_connection_file()
         sandbox.hand_over(exchange / "connection.json", use_sandbox, worker)
         self.limits = limits
@@ -344,6 +346,7 @@ class _Kernel:
             pass
         if pid is not None:
             kill_tree(pid)
+        self.manager.context.destroy(linger=0)  # never left to the garbage collector, which could wait forever
 
 
 def _judge(probe: Probe, cases: list, out: Path) -> tuple[bool, str]:
