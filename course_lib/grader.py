@@ -15,6 +15,7 @@ import collections
 import csv
 import functools
 import json
+import os
 import queue
 import re
 import shutil
@@ -412,7 +413,8 @@ def grade_one(
         try:
             kernel.start(timeout=120)
         except Exception as error:  # noqa: BLE001 (report, and grade the next submission)
-            notes.append(f"the kernel did not start ({type(error).__name__})")
+            stopped = "the kernel did not start"
+            notes.append(f"the kernel did not start ({type(error).__name__}: {printable(str(error))})")
         for step in steps:
             if stopped is None and time.monotonic() > deadline:
                 stopped = f"the submission used its {submission_budget(timeout):g} s"
@@ -488,7 +490,9 @@ def grade(
             with lock:
                 free.append(worker)
 
-    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+    # a short folder: the kernels' sockets live in it, and a socket's path may not exceed ~100 bytes
+    short = "/tmp" if os.path.isdir("/tmp") else None
+    with tempfile.TemporaryDirectory(prefix="course-grade-", dir=short) as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)
         with ThreadPoolExecutor(max_workers=workers) as pool:
