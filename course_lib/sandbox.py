@@ -122,9 +122,11 @@ def kernel_argv(
                                Path(sys.base_prefix), *map(Path, site.getsitepackages())) if p.exists()},
         key=lambda p: len(p.parts))
     argv = [bubblewrap() or "bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--die-with-parent", "--new-session", "--perms", "0755", "--tmpfs", "/"]
+            "--die-with-parent", "--new-session", "--perms", "0755", "--tmpfs", "/",
+            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/dev/shm"]
     visible: list[Path] = []
-    made: set[Path] = set()
+    made: set[Path] = {Path("/tmp")}  # first the empty /tmp, so that anything shown below it stays visible
     for path in keep:
         if not path.exists() or any(_inside(path, v) for v in visible):
             continue
@@ -132,9 +134,6 @@ def kernel_argv(
             argv += ["--symlink", os.readlink(path), str(path)]
             continue
         argv += _mount(path, "--ro-bind", visible, made)
-    argv += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/dev/shm"]
-    made.add(Path("/tmp"))  # an empty tmpfs: the exchange folder's parents are created in it
     argv += _mount(exchange.resolve(), "--bind", visible, made)
     argv += ["--chdir", str(exchange), "--clearenv"]
     for name, value in kernel_env().items():
