@@ -74,13 +74,13 @@ def _grade(args: argparse.Namespace) -> int:
     print(isolation, end="\n\n")
     for result in results:
         print(grader.report(result), end="\n\n")
+    stats = grader.class_statistics(results)
     if len(results) > 1:
         earned, possible = sum(r.earned for r in results), sum(r.possible for r in results)
         print(f"{len(results)} submissions graded: {earned}/{possible} points in all\n")
-        stats = grader.class_statistics(results)
         print(grader.format_statistics(stats))
     if args.stats:
-        grader.write_statistics(grader.class_statistics(results), args.stats)
+        grader.write_statistics(stats, args.stats)
         print(f"class statistics written to {args.stats}")
     if args.csv:
         grader.write_csv(results, args.csv)
