@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, expect_tensor, expect_type, generator
+from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, expect_tensor, expect_type, generator, seeded
 from course_lib.plain import type_name
 
 
@@ -29,9 +29,7 @@ _MODELS: dict[str, Callable[[], nn.Module]] = {
 
 def _build(name: str) -> nn.Module:
     """The model called ``name``, with fixed weights and the caller's random state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return _MODELS[name]()
+    return seeded(0, _MODELS[name])
 
 
 class ToFloatTensor(Check):

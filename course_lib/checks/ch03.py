@@ -16,6 +16,7 @@ from course_lib.checks.verdict import (
     expect_tensor,
     expect_unchanged,
     generator,
+    seeded,
 )
 
 NEAR_1000 = "logits near ±1000 (subtract the max)"
@@ -27,9 +28,7 @@ LARGE_LOGITS = "large logits (use the log-sum-exp form, not log(softmax))"
 def _mlp(weights: dict[str, torch.Tensor] | None = None, seed: int = 0) -> nn.Module:
     """3.3's model, 4 -> 8 -> 3 with tanh, its weights from ``seed`` or given as a state dict;
     the caller's random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = seeded(seed, lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)))
     if weights is not None:
         model.load_state_dict(weights)
     return model

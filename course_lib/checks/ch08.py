@@ -14,6 +14,7 @@ from course_lib.checks.verdict import (
     expect_tensor,
     expect_unchanged,
     generator,
+    seeded,
     shape,
 )
 
@@ -73,12 +74,10 @@ class MergeLoraWeight(Check):
 
 def _freeze_model() -> nn.ModuleDict:
     """The model of 8.3, its weights drawn from seed 83 without touching the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(83)
-        return nn.ModuleDict({
-            "encoder": nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 8)),
-            "lora_A": nn.Linear(8, 2, bias=False), "classifier": nn.Linear(8, 3),
-        })
+    return seeded(83, lambda: nn.ModuleDict({
+        "encoder": nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 8)),
+        "lora_A": nn.Linear(8, 2, bias=False), "classifier": nn.Linear(8, 3),
+    }))
 
 
 class FreezeAllBut(Check):

@@ -15,6 +15,7 @@ from course_lib.checks.verdict import (
     expect_tensor,
     expect_unchanged,
     generator,
+    seeded,
 )
 from course_lib.plain import type_name
 
@@ -22,9 +23,7 @@ from course_lib.plain import type_name
 def _accumulation_model(weights: dict | None = None, seed: int = 0) -> nn.Sequential:
     """The small classifier of 11.1: built without touching the caller's random state, from
     ``seed`` or, when given, from the shipped ``weights``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    model = seeded(seed, lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)))
     if weights is not None:
         model.load_state_dict(weights)
     return model

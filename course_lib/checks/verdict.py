@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,6 +26,7 @@ from course_lib import plain
 from course_lib.plain import type_name
 
 UNREADABLE = "the check's results could not be read"
+T = TypeVar("T")
 NOT_SOLVED = "not yet solved: replace the `raise NotImplementedError` with your code"
 BLOCKED = "ReferenceBlocked"  # the exception a switched-off course_lib reference raises
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
@@ -154,6 +155,14 @@ def run_local(check: Check, candidate: Any) -> str:
 
 def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def seeded(seed: int, build: Callable[[], T]) -> T:
+    """``build()`` with torch's global generator seeded, the caller's random state left as it was
+    (a check's models get the same weights in every process, and the learner's draws are untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def shape(t: torch.Tensor) -> str:
