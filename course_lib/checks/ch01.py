@@ -22,8 +22,6 @@ class PairwiseSqDistances(Check):
         return [(torch.randn(n, d, generator=g), torch.randn(m, d, generator=g))
                 for n, m, d in ((1, 1, 1), (4, 3, 2), (2, 6, 5), (5, 5, 3))]
 
-    def probe(self, pairwise_sq_distances, case):
-        return call(pairwise_sq_distances, *case)
 
     def judge(self, case, got):
         x, y = case
@@ -92,8 +90,6 @@ class BatchedScores(Check):
         return [(torch.randn(b, tq, d, generator=g), torch.randn(b, tk, d, generator=g))
                 for b, tq, tk, d in ((1, 1, 1, 1), (2, 3, 4, 5), (3, 4, 2, 8))]
 
-    def probe(self, batched_scores, case):
-        return call(batched_scores, *case)
 
     def judge(self, case, got):
         q, k = case

@@ -25,8 +25,6 @@ class NextTokenLoss(Check):
             cases.append((logits, idx))
         return cases
 
-    def probe(self, next_token_loss, case):
-        return call(next_token_loss, *case)
 
     def judge(self, case, got):
         from course_lib.gpt import causal_lm_loss
@@ -47,8 +45,6 @@ class TopKFilter(Check):
         g = generator(62)
         return [(torch.randn(b, v, generator=g), k) for b, v, k in ((1, 5, 1), (3, 10, 3), (2, 7, 7))]
 
-    def probe(self, top_k_filter, case):
-        return call(top_k_filter, *case)
 
     def judge(self, case, got):
         logits, k = case

@@ -7,7 +7,6 @@ import torch
 from course_lib.checks.verdict import (
     Check,
     CheckFailed,
-    call,
     expect_number,
     expect_tensor,
     expect_unchanged,
@@ -33,8 +32,6 @@ class MagnitudeMask(Check):
             cases.append((weight, amount))
         return cases
 
-    def probe(self, magnitude_mask, case):
-        return call(magnitude_mask, *case)
 
     def judge(self, case, got):
         from course_lib.prune import magnitude_mask as reference
@@ -55,8 +52,6 @@ class SymmetricQuantize(Check):
         g = generator(92)
         return [(torch.randn(size, generator=g) * 3, bits) for size, bits in (((5, 7), 8), ((30,), 8), ((4, 6), 4))]
 
-    def probe(self, symmetric_quantize, case):
-        return call(symmetric_quantize, *case)
 
     def judge(self, case, got):
         from course_lib.quantize import qparams, quantize
@@ -87,8 +82,6 @@ class PerChannelScales(Check):
             cases.append((weight, bits))
         return cases
 
-    def probe(self, per_channel_scales, case):
-        return call(per_channel_scales, *case)
 
     def judge(self, case, got):
         from course_lib.quantize import qparams

@@ -76,8 +76,10 @@ class Check:
         raise NotImplementedError
 
     def probe(self, candidate: Any, case: Any) -> Any:
-        """Run the learner's ``candidate`` on one case and return plain data."""
-        raise NotImplementedError
+        """Run the learner's ``candidate`` on one case and return plain data. By default the case is
+        the tuple of arguments: :func:`call` reports the output and the tensor arguments afterwards
+        (the judge then uses :func:`expect_unchanged`)."""
+        return call(candidate, *case)
 
     def judge(self, case: Any, got: Any) -> None:
         """Raise :class:`CheckFailed` unless ``got`` is right for ``case``."""
