@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_lib run|doctor|exercises|grade|clean|serve``. Thin: parses arguments and
+"""Command line: ``python -m course_lib run|lab|doctor|exercises|grade|clean|serve``. Thin: parses arguments and
 calls the modules that do the work."""
 
 from __future__ import annotations
@@ -10,23 +10,36 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from course_lib.runner import find_notebooks, parse_value, run_notebooks, summary
+    from course_lib.runner import describe_parameters, find_notebooks, parse_value, run_notebooks, summary
 
     try:
         notebooks = find_notebooks(args.notebooks)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.list_parameters:
+        print("\n\n".join(describe_parameters(notebook) for notebook in notebooks))
+        return 0
     parameters = {name: parse_value(value) for name, value in args.parameters}
-    results = run_notebooks(
-        notebooks,
-        fast=args.fast,
-        parameters=parameters,
-        out_dir=args.out,
-        timeout=args.timeout,
-    )
+    try:
+        results = run_notebooks(
+            notebooks,
+            fast=args.fast,
+            parameters=parameters,
+            out_dir=args.out,
+            timeout=args.timeout,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(summary(results))
     return 0 if all(r.ok for r in results) else 1
+
+
+def _lab(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from course_lib.lab import start
+
+    return start(extra)
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -130,9 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
         metavar=("NAME", "VALUE"), help="set a notebook parameter, e.g. -p EPOCHS 3 (repeatable)",
     )
+    run.add_argument("--list-parameters", action="store_true",
+                     help="print each chapter's parameters (type, default, meaning) and run nothing")
     run.add_argument("--out", type=Path, default=None, help="folder for executed copies (default: runs/<timestamp>)")
     run.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell (default: no limit)")
     run.set_defaults(handler=_run)
+
+    lab = commands.add_parser("lab", help="start JupyterLab with the course's settings (extra arguments go to jupyter lab)")
+    lab.set_defaults(handler=_lab, passes_extra=True)
 
     doctor = commands.add_parser("doctor", help="check this environment: versions, device, model, memory")
     doctor.set_defaults(handler=_doctor)
@@ -169,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "passes_extra", False):
+        return args.handler(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.handler(args)
 
 

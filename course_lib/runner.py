@@ -93,6 +93,62 @@ def _describe_failure(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".strip()
 
 
+def notebook_parameters(notebook: Path) -> dict[str, dict[str, str]]:
+    """The parameters a notebook declares in its cell tagged ``parameters``, as papermill reads
+    them: name -> {"inferred_type_name", "default", "help"} (in the cell's order)."""
+    import papermill
+
+    return {name: dict(p) for name, p in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def describe_parameters(notebook: Path) -> str:
+    """One line per parameter: name, type, default and the help comment (``run --list-parameters``)."""
+    params = notebook_parameters(notebook)
+    if not params:
+        return f"{notebook.name}: no cell tagged 'parameters'"
+    width = max(len(f"{name}: {p['inferred_type_name']} = {p['default']}") for name, p in params.items())
+    lines = [f"{notebook.name}:"]
+    for name, p in params.items():
+        definition = f"{name}: {p['inferred_type_name']} = {p['default']}"
+        lines.append(f"  {definition:<{width}}  {p['help']}".rstrip())
+    return "\n".join(lines)
+
+
+def check_parameters(notebooks: Sequence[Path], parameters: dict[str, object]) -> None:
+    """Refuse a parameter some notebook does not declare (papermill would only warn, and the
+    value would silently change nothing), naming the parameters that notebook has."""
+    for notebook in notebooks:
+        known = notebook_parameters(notebook)
+        unknown = [name for name in parameters if name not in known]
+        if unknown:
+            valid = ", ".join(known) or "none (no cell tagged 'parameters')"
+            raise ValueError(
+                f"{notebook.name} has no parameter {', '.join(unknown)}; its parameters are: {valid} "
+                f"(see `python -m course_lib run --list-parameters {notebook}`)"
+            )
+
+
+def _quiet_kernel_manager() -> type:
+    """The kernel manager papermill starts kernels with: local IPC sockets instead of TCP (nothing
+    listens on a network port, so ipykernel has no unencrypted-TCP warning to print), and no SIGINT
+    on shutdown. jupyter_client interrupts a kernel before asking it to stop; after the last cell
+    the kernel is idle, and the signal only lands in whatever message it is handling, which
+    ipykernel then logs as "KeyboardInterrupt caught in kernel"."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class QuietKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
 def run_notebooks(
     notebooks: Sequence[Path],
     *,
@@ -100,45 +156,53 @@ def run_notebooks(
     parameters: dict[str, object] | None = None,
     out_dir: Path | None = None,
     timeout: float | None = None,
+    progress: bool = True,
 ) -> list[Result]:
     """Execute each notebook with papermill and return how each went (never raises for a
-    notebook's own error; a missing kernel or unreadable file is reported the same way)."""
+    notebook's own error; a missing kernel or unreadable file is reported the same way).
+
+    Raises ``ValueError`` before running anything when a parameter is not declared by every
+    notebook. With ``progress``, a bar and one line per finished notebook go to stderr."""
     import papermill  # slow to import (nbformat's schema), so only when running
 
     from course_lib.runtime import temporary_environment  # imports torch: only when running
 
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    params = dict(parameters or {})
+    check_parameters(notebooks, params)
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = repo_root() / "runs" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters or {})
-    if fast:
-        params.setdefault("FAST", True)
     env = {"COURSE_HEADLESS": "1", **({"COURSE_FAST": "1"} if fast else {})}
+    kernel_manager = _quiet_kernel_manager()
 
     results = []
-    bar = tqdm(notebooks, desc="notebooks", unit="nb", leave=False)
+    bar = tqdm(notebooks, desc="notebooks", unit="nb", leave=False, disable=not progress)
     with temporary_environment(**env):
         for notebook in bar:
             bar.set_postfix_str(notebook.name)
             output = out_dir / notebook.name
+            # --fast sets FAST=True in notebooks that declare it (all chapters do)
+            declared = params if not fast or "FAST" not in notebook_parameters(notebook) else {"FAST": True, **params}
             start = time.perf_counter()
             try:
                 papermill.execute_notebook(
                     str(notebook),
                     str(output),
-                    parameters=params,
+                    parameters=declared,
                     cwd=str(notebook.parent),
                     progress_bar=False,
                     execution_timeout=timeout,
+                    kernel_manager_class=kernel_manager,
                 )
-                results.append(Result(notebook, output, True, time.perf_counter() - start))
+                result = Result(notebook, output, True, time.perf_counter() - start)
             except Exception as error:  # report and go on with the next notebook
-                results.append(
-                    Result(notebook, output, False, time.perf_counter() - start, _describe_failure(error))
-                )
+                result = Result(notebook, output, False, time.perf_counter() - start, _describe_failure(error))
+            results.append(result)
+            if progress:
+                bar.write(f"{notebook.name}: {'OK' if result.ok else 'FAILED'} in {result.seconds:.1f} s")
     bar.close()
     return results
 

@@ -36,6 +36,7 @@ def test_run_reports_the_failing_cell_keeps_going_and_exits_nonzero(tmp_path):
         "x = 1",
         "ratio = x / 0  # the failing cell",
         "print('never reached')",
+        parameters="EPOCHS: int = 1",
     )
     fine = _notebook(
         tmp_path / "fine.ipynb",
@@ -62,6 +63,36 @@ def test_run_exits_zero_when_every_notebook_passes(tmp_path):
     result = _course("run", str(nb), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 of 1 notebooks OK" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_prints_only_progress_lines_and_the_table(tmp_path):
+    """No papermill parameter warnings, no kernel WARNING (TCP) or ERROR (the SIGINT that
+    jupyter_client sends on shutdown) — a newcomer reads those as "broken"."""
+    nb = _notebook(tmp_path / "quiet.ipynb", "import time\ntime.sleep(0.2)\nprint('done')",
+                   parameters="FAST: bool = False\nSEED: int = 0  # the seed")
+    result = _course("run", str(nb), "--fast", "-p", "SEED", "1", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    noise = [line for line in result.stderr.splitlines()
+             if line.strip() and "notebooks:" not in line and "quiet.ipynb: OK in" not in line]
+    assert noise == [], "\n".join(noise)
+    assert "quiet.ipynb: OK in" in result.stdout
+
+
+def test_run_refuses_a_parameter_the_notebook_does_not_declare(tmp_path, capsys):
+    nb = _notebook(tmp_path / "p.ipynb", "print(EPOCHS)", parameters="FAST: bool = False\nEPOCHS: int = 1")
+    assert main(["run", str(nb), "-p", "EPOCH", "3", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "p.ipynb has no parameter EPOCH; its parameters are: FAST, EPOCHS" in error
+    assert not (tmp_path / "out").exists(), "nothing runs when a parameter is refused"
+
+
+def test_list_parameters_shows_types_defaults_and_help(capsys):
+    assert main(["run", "--list-parameters", "03"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("03_neural_networks.ipynb:\n")
+    assert "EPOCHS: Optional[int] = None" in printed and "(4 fast, 40 full)" in printed
+    assert "SEED: int = 0" in printed
 
 
 def test_run_rejects_an_unknown_chapter(capsys):

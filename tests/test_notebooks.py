@@ -3,7 +3,7 @@
 (pytest also executes every notebook in notebooks/ through nbval; see pyproject.toml.)
 """
 
-import re
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +13,7 @@ import pytest
 
 from course_lib.checks import BY_CHECK
 from course_lib.exercises import CHECK_CALL
-from course_lib.runner import chapter_notebooks
+from course_lib.runner import chapter_notebooks, notebook_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = chapter_notebooks(ROOT / "notebooks")
@@ -32,12 +32,40 @@ def test_the_first_chapters_exist():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_first_code_cell_is_the_parameters_cell(path):
+def test_first_code_cell_is_the_parameters_cell_of_literals(path):
+    """papermill only understands `NAME[: type] = literal  # help` lines: anything else (a call,
+    `4 if FAST else 40`, an `=` inside the comment) is skipped with a warning, and `-p NAME` for
+    it is then "unknown". So every assignment is a literal that papermill lists with its type."""
     first = _code_cells(path)[0]
     assert "parameters" in first.metadata.get("tags", []), "papermill needs a cell tagged 'parameters'"
-    for name in ("FAST", "DEVICE", "SEED"):
-        assert re.search(rf"^{name} = ", first.source, re.M), f"parameters cell must define {name}"
-    assert "fast_mode()" in first.source, "FAST must default from COURSE_FAST via fast_mode()"
+    tree = ast.parse(first.source)
+    assigned = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "typing":
+            continue  # the Optional of the annotations
+        assert isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name), (
+            f"line {node.lineno}: only `NAME: type = literal` assignments belong in a parameters cell")
+        ast.literal_eval(node.value)  # raises for a non-literal
+        assigned[node.target.id] = ast.unparse(node.annotation)
+    assert list(assigned)[:3] == ["FAST", "DEVICE", "SEED"]
+    assert "=" not in "".join(line.partition("#")[2] for line in first.source.splitlines()), (
+        "an '=' inside a comment makes papermill skip the line")
+    listed = {name: p["inferred_type_name"] for name, p in notebook_parameters(path).items()}
+    assert listed == assigned, "papermill must see every parameter with its type"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_setup_cell_resolves_fast_and_every_size_left_at_none(path):
+    """A parameter defaulting to None is a size with a fast and a full value: the setup cell (the
+    next code cell that calls setup) resolves FAST from the environment and then each of them."""
+    cells = _code_cells(path)
+    setup_cell = next(c for c in cells[1:4] if "setup(" in c.source)
+    assert "fast=FAST" in setup_cell.source and "FAST = session.fast" in setup_cell.source
+    sizes = [name for name, p in notebook_parameters(path).items() if p["default"] == "None" and name != "FAST"]
+    for name in sizes:
+        if name in ("CLASSIFIER", "EXPORT_DIR"):  # None means "the default folder", resolved where used
+            continue
+        assert f"if {name} is None:\n    {name} = " in setup_cell.source, f"{name} is never resolved"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

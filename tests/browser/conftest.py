@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from course_lib import lab as course_lab
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -75,13 +77,14 @@ def lab(tmp_path_factory):
         JUPYTER_RUNTIME_DIR=str(folder / ".jupyter-runtime"),
     )
     log = (folder / "jupyterlab.log").open("w")
+    # started as `python -m course_lib lab` starts it: the course's lab settings (no news pop-up,
+    # no kernel dialog) come only from what the course ships, never from flags added here
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.port={port}",
-         "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={folder}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         f"--LabApp.workspaces_dir={folder / '.workspaces'}",
-         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+        course_lab.command(["--no-browser", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                     "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
+                     f"--LabApp.workspaces_dir={folder / '.workspaces'}",
+                     *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])]),
+        env=course_lab.environment(env), stdout=log, stderr=subprocess.STDOUT, cwd=folder,
     )
     base = f"http://127.0.0.1:{port}"
     try:

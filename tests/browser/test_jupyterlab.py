@@ -24,17 +24,13 @@ def open_from_file_browser(page, lab, *folders_then_file: str) -> None:
     for name in folders_then_file:
         page.locator(".jp-DirListing-itemText", has_text=re.compile(f"^{re.escape(name)}$")).first.dblclick()
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").wait_for()
-    # JupyterLab asks which kernel to start, as it asks a learner: accept its proposal, Python 3.
+    # The kernel named in the notebook's metadata starts by itself: a "Select Kernel" dialog would
+    # stop every learner at the first notebook, and so would a pop-up asking about Jupyter news.
+    ready = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"Python 3.*\| Idle")).first
     dialog = page.locator(".jp-Dialog")
-    try:
-        dialog.wait_for(timeout=15_000)
-        dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-    except TimeoutError:
-        pass
-    news = page.get_by_role("button", name="No", exact=True)
-    if news.count() and news.first.is_visible():
-        news.first.click()  # "get notified about Jupyter news?": no (and no network here anyway)
-    page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"Python 3.*\| Idle")).first.wait_for(timeout=120_000)
+    ready.or_(dialog).first.wait_for(timeout=120_000)
+    assert dialog.count() == 0, f"JupyterLab showed a dialog: {dialog.first.inner_text()!r}"
+    assert page.get_by_text("official Jupyter news").count() == 0, "JupyterLab asks about Jupyter news"
 
 
 def run_all(page) -> None:
