@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from course_lib.runner import repo_root
+from course_lib.runtime import repo_root
 
 GENERATED = ("runs", "outputs", "checkpoints")
 CACHE = "data/cache"

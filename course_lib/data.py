@@ -46,7 +46,7 @@ def cache_dir() -> Path:
     """Where fetched and prepared data live: ``COURSE_DATA_CACHE`` or ``data/cache/`` (git-ignored)."""
     if os.environ.get("COURSE_DATA_CACHE"):
         return Path(os.environ["COURSE_DATA_CACHE"])
-    from course_lib.runner import repo_root
+    from course_lib.runtime import repo_root
 
     return repo_root() / "data" / "cache"
 

@@ -14,7 +14,8 @@ import nbformat
 from nbformat import NotebookNode
 
 from course_lib.checks import BY_CHECK, Exercise
-from course_lib.runner import chapter_notebooks, notebooks_dir, repo_root
+from course_lib.runner import chapter_notebooks, notebooks_dir
+from course_lib.runtime import repo_root
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"

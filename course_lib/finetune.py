@@ -207,7 +207,7 @@ def vader_predict(texts: Sequence[str]) -> torch.Tensor:
 
 def classifier_dir() -> Path:
     """Where chapter 07 saves its fine-tuned classifier: ``checkpoints/07_classifier`` (git-ignored)."""
-    from course_lib.runner import repo_root
+    from course_lib.runtime import repo_root
 
     return repo_root() / "checkpoints" / "07_classifier"
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from course_lib.runner import repo_root
+from course_lib.runtime import repo_root
 
 
 def config_dir() -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,14 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-
-def repo_root() -> Path:
-    """The course checkout: ``COURSE_ROOT`` if set, else the folder holding ``notebooks/`` above
-    this package (editable install), else the current directory."""
-    if os.environ.get("COURSE_ROOT"):  # set by the grader's sandbox, where notebooks/ is hidden
-        return Path(os.environ["COURSE_ROOT"])
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "notebooks").is_dir() else Path.cwd()
+from course_lib.runtime import repo_root
 
 
 def notebooks_dir() -> Path:
@@ -165,7 +157,7 @@ def run_notebooks(
     notebook. With ``progress``, a bar and one line per finished notebook go to stderr."""
     import papermill  # slow to import (nbformat's schema), so only when running
 
-    from course_lib.runtime import temporary_environment  # imports torch: only when running
+    from course_lib.runtime import temporary_environment
 
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")

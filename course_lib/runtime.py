@@ -1,4 +1,5 @@
-"""Where code runs and how repeatably: device choice, seeding, fast mode and CPU threads.
+"""Where code runs and how repeatably: the course folder, device choice, seeding, fast mode and
+CPU threads. Importing it does not import torch (the CLI, `run` and the grader's parent use it).
 
 Every notebook's first cells call :func:`setup`, so a chapter behaves the same on a laptop CPU,
 under ``python -m course_lib run --fast``, under nbval in CI, and on a GPU.
@@ -11,9 +12,20 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the grader, `run` and the CLI import this module
+    import torch
+
+def repo_root() -> Path:
+    """The course checkout: ``COURSE_ROOT`` if set, else the folder holding ``notebooks/`` above
+    this package (editable install), else the current directory."""
+    if os.environ.get("COURSE_ROOT"):  # set by the grader's sandbox, where notebooks/ is hidden
+        return Path(os.environ["COURSE_ROOT"])
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "notebooks").is_dir() else Path.cwd()
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -44,10 +56,14 @@ def headless() -> bool:
 
 
 def _cuda_available() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -59,6 +75,8 @@ def get_device(preference: str | torch.device = "auto") -> torch.device:
     Raises ``ValueError`` naming the device when it is not available, instead of failing later
     with a less helpful error on the first tensor moved there.
     """
+    import torch
+
     if isinstance(preference, torch.device):
         preference = str(preference)
     if not isinstance(preference, str):
@@ -109,6 +127,9 @@ def seed_everything(seed: int) -> None:
     The same seed then gives the same random tensors, shuffles and initial weights on a given
     machine and library version.
     """
+    import numpy as np
+    import torch
+
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**32:
@@ -144,6 +165,8 @@ def set_threads(threads: int | None = None) -> int:
         threads = default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    import torch
+
     torch.set_num_threads(threads)
     return threads
 
@@ -158,6 +181,8 @@ class Session:
     fast: bool
 
     def __str__(self) -> str:
+        import torch
+
         mode = "fast" if self.fast else "full"
         return (
             f"torch {torch.__version__} | device {self.device} | threads {self.threads} "
@@ -207,6 +232,8 @@ def setup(
 
 def describe_device(device: torch.device) -> str:
     """A human description: ``cpu``, or the GPU's name and memory."""
+    import torch
+
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"

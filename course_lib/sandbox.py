@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import course_lib
-from course_lib.runner import repo_root
+from course_lib.runtime import repo_root
 
 SANDBOX_UID = 2_000_000  # first user id for sandboxed kernels when grading as root (one per worker)
 _SYSTEM = ("/usr", "/etc", "/sys", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # shown read-only

@@ -1,4 +1,6 @@
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +158,22 @@ def test_setup_quiets_import_time_log_noise_only():
     for name in runtime.NOISY_IMPORT_LOGGERS:
         assert logging.getLogger(name).getEffectiveLevel() == logging.ERROR
     assert logging.getLogger("transformers").getEffectiveLevel() < logging.ERROR
+
+
+@pytest.mark.slow
+def test_the_command_line_side_never_imports_torch():
+    """`run --list-parameters`, `exercises --check`, `clean` and `lab` start in well under a second
+    because torch (about 1.5 s to import) stays out of them: runtime, runner, the check registry and
+    the exercise generator import it only inside the functions that compute."""
+    code = (
+        "import io, sys, contextlib\n"
+        "from course_lib.__main__ import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['exercises', '--check']) == 0\n"
+        "    assert main(['run', '--list-parameters', '07']) == 0\n"
+        "import course_lib.runtime, course_lib.runner, course_lib.checks, course_lib.lab, course_lib.clean\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
