@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import resource
 import statistics
 import sys
 import time
@@ -130,6 +129,8 @@ def _human(seconds: float) -> str:
 
 
 def _peak_in_child(fn: Callable[[], object], conn) -> None:  # noqa: ANN001 (a multiprocessing pipe)
+    import resource  # POSIX only: this runs in a forked child, and Windows cannot fork
+
     import psutil
     import torch
 

@@ -135,9 +135,48 @@ def check_sandbox() -> Check:
                  "(Linux: apt install bubblewrap); learners need nothing of it")
 
 
+def _compiler() -> str | None:
+    import shutil
+
+    return next((path for name in ("cc", "gcc", "clang", "cl") if (path := shutil.which(name))), None)
+
+
+def check_extras() -> list[Check]:
+    """What individual chapters use beyond the pinned packages, and whether this machine has it.
+    Linux on a CPU is what CI tests; elsewhere each missing piece is named with its effect."""
+    import multiprocessing
+
+    import torch
+
+    checks = []
+    compiler = _compiler()
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    problems = []
+    if not engines:
+        problems.append("no int8 CPU kernels in this torch build: chapter 09's quantised models cannot run")
+    if compiler is None:
+        problems.append("no C/C++ compiler: torch.compile cannot build CPU code (run chapters 09 and 11 with -p COMPILE False)")
+    checks.append(Check("WARN" if problems else "OK", "chapters 09, 11 (int8, torch.compile)",
+                        "; ".join(problems) or f"int8 kernels ({', '.join(engines)}), C compiler for torch.compile ({compiler})"))
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    gloo = torch.distributed.is_available() and torch.distributed.is_gloo_available()
+    problems = []
+    if not fork:
+        problems.append("no fork (Windows): CPU peak memory (chapters 04, 08) is reported as nan")
+    if not gloo:
+        problems.append("no gloo backend: the distributed runs cannot start")
+    checks.append(Check("WARN" if problems else "OK", "chapters 04, 08, 11 (peak memory, DDP)",
+                        "; ".join(problems) or "fork for peak-memory measurements, gloo for DDP/FSDP on the CPU"))
+    return checks
+
+
 def run_checks() -> list[Check]:
     checks = [check_python()]
     checks += check_pins(repo_root() / "requirements.txt")
+    try:
+        checks += check_extras()
+    except Exception as error:  # a broken install must still give a readable report
+        checks.append(Check("FAIL", "extras", f"{type(error).__name__}: {error}"))
     for check in (check_device, check_kernel, check_bundled_model, check_data, check_memory, check_sandbox):
         try:
             checks.append(check())

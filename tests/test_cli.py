@@ -142,3 +142,17 @@ def test_doctor_says_whether_grading_is_sandboxed(monkeypatch):
     assert check.status == "WARN" and "without isolation" in check.detail
     monkeypatch.setattr(sandbox, "bubblewrap", lambda: "/usr/bin/bwrap")
     assert doctor.check_sandbox().status == "OK"
+
+
+def test_doctor_names_what_a_chapter_misses_on_this_machine(monkeypatch):
+    import multiprocessing
+
+    import torch
+
+    assert all(c.status == "OK" for c in doctor.check_extras())  # Linux with the pinned torch: all there
+    monkeypatch.setattr(doctor, "_compiler", lambda: None)
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    compile_check, fork_check = doctor.check_extras()
+    assert compile_check.status == "WARN" and "-p COMPILE False" in compile_check.detail
+    assert fork_check.status == "WARN" and "nan" in fork_check.detail and "gloo" in fork_check.detail

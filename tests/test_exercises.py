@@ -1,6 +1,7 @@
 """Exercise notebooks are generated, current and deterministic; the grader scores what the learner
 wrote and nothing a submission stores."""
 
+import ast
 import csv
 import os
 import shutil
@@ -173,6 +174,10 @@ def _points(stdout, submission):
 
 @pytest.mark.slow
 def test_unsolved_exercises_score_zero_and_solutions_full_marks(tmp_path):
+    """Every chapter's exercise notebook and reference notebook, graded once each: every stub is
+    "not yet solved", and every reference solution earns its point in the sandbox, where the
+    course's own references are off. (The exercise notebooks are not executed anywhere else: see
+    test_run_all_in_an_exercise_notebook_cannot_stop_at_a_stub for why that suffices.)"""
     unsolved = sorted(EXERCISES.glob("*.ipynb"))
     solved = chapter_notebooks(NOTEBOOKS)
     csv_path, junit_path = tmp_path / "grades.csv", tmp_path / "grades.xml"
@@ -295,16 +300,69 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", sorted(EXERCISES.glob("*.ipynb")), ids=lambda p: p.name)
-def test_an_unsolved_exercise_notebook_runs_top_to_bottom_without_errors(path):
-    """A learner's "Run All" must reach the end: checks report, they do not raise."""
-    from nbclient import NotebookClient
+def _bound_at_top_level(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
 
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
-    verdicts = ["".join(o.text for o in c.outputs if o.output_type == "stream") for c in nb.cells
-                if "course" in c.metadata and c.metadata["course"]["role"] == "check"]
-    assert verdicts and all("not yet solved" in v for v in verdicts)
+
+def _run_all_stoppers(cells) -> list[str]:
+    """Why "Run All" would stop in an exercise notebook whose code cells are ``cells``: a stub at a
+    cell's top level, or a later cell (not the exercise's check) using what a stub cell defines
+    before importing or defining it anew."""
+    problems, learner_names = [], {}  # a name a stub cell defines -> its exercise id
+    for index, cell in enumerate(cells):
+        meta = cell.metadata.get("course", {})
+        tree = ast.parse(cell.source)
+        if meta.get("role") == "solution":
+            inside = {id(n) for d in ast.walk(tree) if isinstance(d, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      for n in ast.walk(d)}
+            if any(isinstance(n, ast.Raise) and id(n) not in inside for n in ast.walk(tree)):
+                problems.append(f"cell {index}: exercise {meta['exercise']}'s stub raises outside a function")
+            learner_names.update(dict.fromkeys(_bound_at_top_level(tree), meta["exercise"]))
+            continue
+        if meta.get("role") == "check":
+            continue
+        loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        rebound = _bound_at_top_level(tree)
+        used = sorted(name for name in learner_names if name in loaded and name not in rebound)
+        if used:
+            problems.append(f"cell {index} uses {used} (exercise {learner_names[used[0]]}) before importing the reference")
+        for name in rebound:
+            learner_names.pop(name, None)
+    return problems
+
+
+@pytest.mark.parametrize("path", sorted(EXERCISES.glob("*.ipynb")), ids=lambda p: p.name)
+def test_run_all_in_an_exercise_notebook_cannot_stop_at_a_stub(path):
+    """An exercise notebook is its reference notebook (which nbval executes) with each solution
+    replaced by `raise NotImplementedError` inside the function to write. So "Run All" reaches the
+    end exactly when no stub raises at a cell's top level and no later cell but the check uses the
+    learner's function before the chapter imports the tested reference. Checked statically instead
+    of executing every exercise notebook a second time."""
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert _run_all_stoppers(cells) == []
+
+
+def test_the_run_all_analysis_finds_what_would_stop_a_learner():
+    def cell(source, role=None):
+        meta = {"course": {"role": role, "exercise": "9.9"}} if role else {}
+        return nbformat.v4.new_code_cell(source, metadata=meta)
+
+    stub = cell("def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError('9.9')", "solution")
+    check = cell("grading.check_f(f)", "check")
+    assert _run_all_stoppers([stub, check, cell("from course_lib.x import f\ny = f(1)")]) == []
+    assert _run_all_stoppers([stub, check, cell("def f(x):\n    return x"), cell("f(2)")]) == []
+    assert _run_all_stoppers([stub, check, cell("y = f(1)")]) == [
+        "cell 2 uses ['f'] (exercise 9.9) before importing the reference"]
+    assert _run_all_stoppers([stub, check, cell("def g():\n    return f(0)")]) == [
+        "cell 2 uses ['f'] (exercise 9.9) before importing the reference"]
+    top_level = cell("x = 1\n# YOUR CODE HERE\nraise NotImplementedError('9.9')", "solution")
+    assert _run_all_stoppers([top_level]) == ["cell 0: exercise 9.9's stub raises outside a function"]

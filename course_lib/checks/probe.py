@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             _limit(resource.RLIMIT_AS, args.memory)
         if args.processes and hasattr(resource, "RLIMIT_NPROC"):
             _limit(resource.RLIMIT_NPROC, args.processes)
-    if args.uid >= 0 and os.geteuid() == 0:
+    if args.uid >= 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
         os.setgroups([])
         os.setgid(args.uid)
         os.setuid(args.uid)  # from root to another user: every capability is gone
