@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from course_lib import export, finetune, serve
+from course_lib import export, finetune, loadtest
 from course_lib.data import load_movie_reviews
 from course_lib.runtime import setup
 
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         export.quantize_onnx(Path(tmp) / "onnx", Path(tmp) / "onnx_int8")
         folders = {"torch fp32": (classifier, "torch"), "onnx fp32": (Path(tmp) / "onnx", "onnx"),
                    "onnx int8": (Path(tmp) / "onnx_int8", "onnx")}
-        results = serve.compare_backends(folders, texts, requests, args.concurrency, threads=args.threads)
-    print(serve.load_table(results))
+        results = loadtest.compare_backends(folders, texts, requests, args.concurrency, threads=args.threads)
+    print(loadtest.load_table(results))
 
 
 if __name__ == "__main__":

@@ -29,25 +29,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 
-from course_lib.gpt import GPT, GPTConfig, causal_lm_loss
+from course_lib.gpt import GPT, GPTConfig, causal_lm_loss, character_windows
 from course_lib.runtime import get_device
 
 STRATEGIES = ("ddp", "fsdp")
-
-
-def character_windows(texts: Sequence[str], block: int) -> tuple[TensorDataset, list[str]]:
-    """The texts joined by newlines, as non-overlapping windows of ``block`` character ids, and the
-    sorted character vocabulary (the same on every rank, so every rank builds the same model)."""
-    corpus = "\n".join(texts)
-    chars = sorted(set(corpus))
-    index = {c: i for i, c in enumerate(chars)}
-    ids = torch.tensor([index[c] for c in corpus], dtype=torch.long)
-    windows = len(ids) // block
-    if windows < 1:
-        raise ValueError(f"the texts hold {len(ids)} characters, fewer than one window of block={block}")
-    return TensorDataset(ids[: windows * block].view(windows, block)), chars
 
 
 def _parser() -> argparse.ArgumentParser:

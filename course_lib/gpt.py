@@ -1,15 +1,18 @@
 """A small causal language model (GPT): pre-norm Transformer blocks with causal self-attention from
 ``course_lib.attention``, learned positions, an output layer that shares the token embedding
-matrix (weight tying), and sampling with temperature and top-k.
+matrix (weight tying), sampling with temperature and top-k, and the character-level data it
+trains on in chapters 06 and 11.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from course_lib.attention import MultiHeadAttention
 
@@ -123,3 +126,16 @@ def causal_lm_loss(logits: torch.Tensor, idx: torch.Tensor, ignore_index: int = 
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1), ignore_index=ignore_index
     )
+
+
+def character_windows(texts: Sequence[str], block: int) -> tuple[TensorDataset, list[str]]:
+    """The texts joined by newlines, as non-overlapping windows of ``block`` character ids, and the
+    sorted character vocabulary (the same on every rank, so every rank builds the same model)."""
+    corpus = "\n".join(texts)
+    chars = sorted(set(corpus))
+    index = {c: i for i, c in enumerate(chars)}
+    ids = torch.tensor([index[c] for c in corpus], dtype=torch.long)
+    windows = len(ids) // block
+    if windows < 1:
+        raise ValueError(f"the texts hold {len(ids)} characters, fewer than one window of block={block}")
+    return TensorDataset(ids[: windows * block].view(windows, block)), chars

@@ -174,7 +174,7 @@ def plot_reliability(table: dict[str, torch.Tensor], ax: Axes | None = None, lab
 
 
 def plot_latencies(results: Sequence[Any], ax: Axes | None = None) -> Axes:
-    """Latency distributions of load tests (``course_lib.serve.LoadResult``) as horizontal box
+    """Latency distributions of load tests (``course_lib.loadtest.LoadResult``) as horizontal box
     plots on a log scale, with p50, p95 and p99 marked on each."""
     ax = ax if ax is not None else plt.subplots(figsize=(7, 0.5 + 0.45 * len(results)))[1]
     data = [[t * 1e3 for t in r.latencies] for r in results]

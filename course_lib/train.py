@@ -244,6 +244,41 @@ def _check_positive_int(name: str, value: object, allow_none: bool = False) -> N
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
+def train_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    max_grad_norm: float | None = None,
+) -> torch.Tensor:
+    """One optimisation step from a computed loss: clear the old gradients, backpropagate, clip the
+    gradient norm to ``max_grad_norm`` if given, step the optimiser, then the scheduler (per step,
+    as transformer schedules with warm-up expect). Returns the loss detached, still on its device:
+    reading its value (``.item()``) makes the CPU wait for the device, so callers do it rarely."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
+def _early_stop(history: History, loss: float, epoch: int, patience: int | None, model: nn.Module,
+                state: dict) -> bool:
+    """Record the epoch's validation loss; keep the best weights (with ``patience``); say whether
+    ``patience`` epochs have now passed without improvement."""
+    if loss < state.get("best_loss", math.inf):
+        state.update(best_loss=loss, waited=0)
+        history.best_epoch = epoch
+        if patience is not None:
+            state["weights"] = copy.deepcopy(model.state_dict())
+        return False
+    state["waited"] = state.get("waited", 0) + 1
+    return patience is not None and state["waited"] >= patience
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -257,68 +292,70 @@ def fit(
     max_grad_norm: float | None = None,
     early_stopping_patience: int | None = None,
     progress: bool | None = None,
+    log_every: int = 20,
 ) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; return the :class:`History`.
 
-    Each step: forward, ``loss_fn(logits, targets)``, backward, optional gradient clipping to
-    ``max_grad_norm``, optimiser step, ``scheduler.step()`` (per batch, as transformer schedules
-    with warm-up expect). After each epoch, the validation loss and accuracy if ``val_loader`` is
-    given. With ``early_stopping_patience``, training stops after that many epochs without a lower
-    validation loss, and the best epoch's weights are restored. ``progress`` shows a progress bar
-    (default: unless headless, so executed notebooks do not store one).
+    Each batch: forward, ``loss_fn(logits, targets)``, then :func:`train_step`. The losses are summed
+    on the device and read back once every ``log_every`` steps and at the end of each epoch (the
+    progress bar's loss, and the check that it is finite): reading a value every step would make the
+    CPU wait for a GPU after each one. After each epoch, the validation loss and accuracy if
+    ``val_loader`` is given. With ``early_stopping_patience``, training stops after that many epochs
+    without a lower validation loss, and the best epoch's weights are restored. ``progress`` shows a
+    progress bar (default: unless headless, so executed notebooks do not store one).
     """
     _check_positive_int("epochs", epochs)
+    _check_positive_int("log_every", log_every)
     _check_positive_int("early_stopping_patience", early_stopping_patience, allow_none=True)
     if early_stopping_patience is not None and val_loader is None:
         raise ValueError("early_stopping_patience needs a val_loader to watch")
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
     model.to(device)
-    history = History()
-    best_loss, best_state, waited = math.inf, None, 0
+    history, best = History(), {}
     total = len(train_loader) * epochs if hasattr(train_loader, "__len__") else None
     if progress is None:
         progress = not headless()
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(1, epochs + 1):
         model.train()
-        start, loss_sum, steps = time.perf_counter(), 0.0, 0
+        start, steps = time.perf_counter(), 0
+        epoch_sum = window_sum = torch.zeros((), device=device)
         for batch in train_loader:
             logits, targets = _flatten(*forward_batch(model, to_device(batch, device)))
-            loss = loss_fn(logits, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {steps + 1}: lower the learning rate?")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.item()
-            steps += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+            loss = train_step(optimizer, loss_fn(logits, targets), scheduler=scheduler, max_grad_norm=max_grad_norm)
+            epoch_sum, window_sum, steps = epoch_sum + loss, window_sum + loss, steps + 1
+            if steps % log_every == 0:
+                _log(bar, window_sum.item() / log_every, epoch, steps, log_every)
+                window_sum = torch.zeros((), device=device)
         if steps == 0:
             raise ValueError("train_loader yielded no batches")
+        train_loss = epoch_sum.item() / steps
+        _log(bar, train_loss, epoch, steps, steps % log_every or log_every, advance=steps % log_every)
         history.epoch.append(epoch)
-        history.train_loss.append(loss_sum / steps)
+        history.train_loss.append(train_loss)
         history.lr.append(optimizer.param_groups[0]["lr"])
+        stop = False
         if val_loader is not None:
             metrics = evaluate(model, val_loader, loss_fn, device)
             history.val_loss.append(metrics["loss"])
             history.val_accuracy.append(metrics["accuracy"])
-            if metrics["loss"] < best_loss:
-                best_loss, waited, history.best_epoch = metrics["loss"], 0, epoch
-                if early_stopping_patience is not None:
-                    best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
+            stop = _early_stop(history, metrics["loss"], epoch, early_stopping_patience, model, best)
         history.seconds.append(time.perf_counter() - start)
-        if early_stopping_patience is not None and waited >= early_stopping_patience:
+        if stop:
             history.stopped_early = True
             break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if "weights" in best:
+        model.load_state_dict(best["weights"])
     return history
+
+
+def _log(bar: tqdm, mean_loss: float, epoch: int, step: int, window: int, advance: int | None = None) -> None:
+    """Advance the bar over the steps since the last reading, show the mean loss over them, and stop
+    with a clear error when it is not finite."""
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"loss became {mean_loss} at epoch {epoch}, within steps {step - window + 1}-{step}: "
+                                 "lower the learning rate?")
+    bar.update(window if advance is None else advance)
+    bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}")

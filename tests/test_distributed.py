@@ -35,14 +35,6 @@ def test_two_processes_follow_the_single_process_loss_curve(single, strategy, tm
     assert missing == ["lm_head.weight"] and not unexpected  # tied to wte.weight
 
 
-def test_character_windows():
-    dataset, chars = distributed.character_windows(["abc", "cab"], block=3)
-    assert chars == ["\n", "a", "b", "c"] and len(dataset) == 2
-    assert dataset[0][0].tolist() == [1, 2, 3]
-    with pytest.raises(ValueError, match="fewer than one window of block=100"):
-        distributed.character_windows(["short"], block=100)
-
-
 @pytest.mark.parametrize("options, message", [
     (("--global-batch", "7"), "--global-batch (7) must be divisible by the number of processes (2)"),
     (("--hidden", "30"), "--hidden (30) must be divisible by --heads (4)"),

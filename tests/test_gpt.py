@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from course_lib.bert import mask_tokens
-from course_lib.gpt import GPT, GPTConfig, causal_lm_loss
+from course_lib.gpt import GPT, GPTConfig, causal_lm_loss, character_windows
 
 
 def _model(**overrides):
@@ -147,3 +147,11 @@ def test_classifier_reuses_a_pretrained_encoder():
     assert classifier(torch.randint(0, 60, (4, 6))).shape == (4, 3)
     torch.testing.assert_close(classifier.bert.embeddings.word_embeddings.weight,
                                pretrained.bert.embeddings.word_embeddings.weight)
+
+
+def test_character_windows():
+    dataset, chars = character_windows(["abc", "cab"], block=3)
+    assert chars == ["\n", "a", "b", "c"] and len(dataset) == 2
+    assert dataset[0][0].tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="fewer than one window of block=100"):
+        character_windows(["short"], block=100)

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from transformers import BertForSequenceClassification
 
-from course_lib import export, serve
+from course_lib import export, loadtest, serve
 from course_lib.pretrained import load_tokenizer
 
 
@@ -145,9 +145,9 @@ def test_cli_refuses_a_folder_without_a_model(tmp_path):
 def test_service_process_load_test_and_stop(model_dir):
     with serve.ServiceProcess(model_dir, "torch") as service:
         assert service.running() and service.url == f"http://127.0.0.1:{service.port}"
-        sequential = serve.load_test(service.url, ["a fine film", "a dull film"], requests=20, concurrency=1, warmup=2)
-        parallel = serve.load_test(service.url, ["a fine film", "a dull film"], requests=24, concurrency=4, warmup=0)
-        half_bad = serve.load_test(service.url, ["a fine film", ""], requests=10, concurrency=2, warmup=0)
+        sequential = loadtest.load_test(service.url, ["a fine film", "a dull film"], requests=20, concurrency=1, warmup=2)
+        parallel = loadtest.load_test(service.url, ["a fine film", "a dull film"], requests=24, concurrency=4, warmup=0)
+        half_bad = loadtest.load_test(service.url, ["a fine film", ""], requests=10, concurrency=2, warmup=0)
         assert httpx.get(f"{service.url}/health").json() == {"status": "ok"}  # still up after the 422s
     assert not service.running() and service.process.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in service.log() and "ERROR" not in service.log()  # still readable once stopped
@@ -194,11 +194,11 @@ def _alive(pid):
 
 
 def test_load_result_percentiles():
-    result = serve.LoadResult("x", tuple(i / 1000 for i in range(1, 101)), failures=2, seconds=2.0, concurrency=1)
+    result = loadtest.LoadResult("x", tuple(i / 1000 for i in range(1, 101)), failures=2, seconds=2.0, concurrency=1)
     assert result.requests == 102 and result.throughput == 50
     assert result.percentile_ms(50) == pytest.approx(50.5) and result.percentile_ms(99) == pytest.approx(99.01)
     with pytest.raises(ValueError, match="concurrency must be an int >= 1, got 0"):
-        serve.load_test("http://127.0.0.1:9", ["x"], concurrency=0)
+        loadtest.load_test("http://127.0.0.1:9", ["x"], concurrency=0)
 
 
 def test_load_table_and_plot():
@@ -207,13 +207,13 @@ def test_load_table_and_plot():
     matplotlib.use("Agg")
     from course_lib.plots import plot_latencies
 
-    results = [serve.LoadResult(f"{name} @{c}", tuple(s / 1000 for s in range(1, 11)), 0, seconds, c)
+    results = [loadtest.LoadResult(f"{name} @{c}", tuple(s / 1000 for s in range(1, 11)), 0, seconds, c)
                for name, seconds in (("torch fp32", 1.0), ("onnx int8", 0.25)) for c in (1, 8)]
-    table = serve.load_table(results).splitlines()
+    table = loadtest.load_table(results).splitlines()
     assert table[0].split()[-1] == "fp32" and "req/s vs torch fp32" in table[0]
     assert table[1].endswith("1.00x") and table[3].endswith("4.00x") and table[4].endswith("4.00x")
     with pytest.raises(ValueError, match="baseline must be one of"):
-        serve.load_table(results, baseline="tensorrt")
+        loadtest.load_table(results, baseline="tensorrt")
     ax = plot_latencies(results)
     assert [t.get_text() for t in ax.get_yticklabels()] == [r.name for r in results]
     assert ax.get_xscale() == "log" and len(ax.lines) >= 3 * len(results)

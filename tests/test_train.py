@@ -268,3 +268,33 @@ def test_reliability_diagram_draws_one_bar_per_filled_bin():
     assert [round(bar.get_x(), 6) for bar in bars] == [0.6, 0.9]  # confidences 0.6, 0.65 | 0.91, 0.95
     assert [bar.get_height() for bar in bars] == [1.0, 0.5]
     assert [t.get_text() for t in ax.texts] == ["2", "2"]
+
+
+def test_train_step_is_zero_grad_backward_clip_step_schedule():
+    x, y = _blobs(16)
+    ours, theirs = _model(), _model()
+    opt_a, opt_b = torch.optim.SGD(ours.parameters(), 0.5), torch.optim.SGD(theirs.parameters(), 0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt_a, step_size=1, gamma=0.5)
+    for p in ours.parameters():  # stale gradients must not leak into the step
+        p.grad = torch.full_like(p, 100.0)
+    loss = train.train_step(opt_a, F.cross_entropy(ours(x), y), scheduler=sched, max_grad_norm=0.1)
+    reference = F.cross_entropy(theirs(x), y)
+    reference.backward()
+    nn.utils.clip_grad_norm_(theirs.parameters(), 0.1)
+    opt_b.step()
+    assert not loss.requires_grad and loss.item() == pytest.approx(reference.item())
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b)
+    assert opt_a.param_groups[0]["lr"] == 0.25
+
+
+def test_fit_reads_the_loss_once_per_logging_interval(monkeypatch):
+    """A value read from the device (`.item()`) makes the CPU wait for it: once every `log_every`
+    steps and once per epoch, not several times a step."""
+    reads = []
+    original = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or original(self))
+    batches = [_blobs(8) for _ in range(12)]  # 12 steps per epoch
+    model = _model()
+    train.fit(model, torch.optim.SGD(model.parameters(), 0.1), batches, 2, log_every=5, progress=False)
+    assert len(reads) == 2 * (12 // 5 + 1)

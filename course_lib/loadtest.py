@@ -1,0 +1,123 @@
+"""The client side of chapter 10: a load test of the classifier service (latency percentiles and
+throughput at a given concurrency), the side-by-side comparison of backends, and its table.
+
+Kept apart from :mod:`course_lib.serve` (the service itself): a load test is what a client runs,
+often from another machine, and needs only an HTTP client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load test saw: one latency per answered request (seconds), the failures, the wall time."""
+
+    name: str
+    latencies: tuple[float, ...]
+    failures: int
+    seconds: float
+    concurrency: int
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + self.failures
+
+    @property
+    def throughput(self) -> float:
+        """Answered requests per second of wall time."""
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile (0-100, linear interpolation) of the latencies in milliseconds."""
+        import numpy as np
+
+        return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
+
+
+def load_test(url: str, texts: Sequence[str], requests: int = 200, concurrency: int = 1, warmup: int = 10,
+              timeout: float = 30.0, name: str = "") -> LoadResult:
+    """Send ``requests`` POST /predict calls (one text each, cycling through ``texts``) from
+    ``concurrency`` threads, each with its own keep-alive connection, after ``warmup`` untimed ones.
+    A request fails when it gets no answer, a non-200 status, or the wrong number of predictions."""
+    import httpx
+
+    for argument, value, least in (("requests", requests, 1), ("concurrency", concurrency, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{argument} must be an int >= {least}, got {value!r}")
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty sequence of str")
+    with httpx.Client(timeout=timeout) as client:
+        for i in range(warmup):
+            client.post(f"{url}/predict", json={"texts": texts[i % len(texts)]}).raise_for_status()
+
+    jobs = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> tuple[list[float], int]:
+        latencies, failures = [], 0
+        with httpx.Client(timeout=timeout) as client:
+            while True:
+                with lock:
+                    i = next(jobs, None)
+                if i is None:
+                    return latencies, failures
+                start = time.perf_counter()
+                try:
+                    answer = client.post(f"{url}/predict", json={"texts": texts[i % len(texts)]})
+                    ok = answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    failures += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(lambda _: worker(), range(concurrency)))
+    seconds = time.perf_counter() - start
+    return LoadResult(name or url, tuple(t for latencies, _ in outcomes for t in latencies),
+                      sum(f for _, f in outcomes), seconds, concurrency)
+
+
+def compare_backends(folders: dict[str, tuple[str | Path, str]], texts: Sequence[str], requests: int = 200,
+                     concurrencies: Sequence[int] = (1, 8), threads: int = 1, warmup: int = 10) -> list[LoadResult]:
+    """Start each ``name: (folder, backend)`` service in turn (only one runs at a time, so they do
+    not compete for the cores) and load-test it at each concurrency. Results are named
+    ``"<name> @<concurrency>"``, in order."""
+    from course_lib.serve import ServiceProcess  # the services run in their own processes
+
+    results = []
+    for name, (folder, backend) in folders.items():
+        with ServiceProcess(folder, backend, threads=threads) as service:
+            for concurrency in concurrencies:
+                results.append(load_test(service.url, texts, requests, concurrency, warmup=warmup,
+                                         name=f"{name} @{concurrency}"))
+    return results
+
+
+def load_table(results: Sequence[LoadResult], baseline: str | None = None) -> str:
+    """The load-test results as a text table, with each row's requests/s over the baseline row at
+    the same concurrency (``baseline`` names a backend, default: the first)."""
+    if not results:
+        raise ValueError("results must not be empty")
+    backends = [r.name.rsplit(" @", 1)[0] for r in results]
+    base_name = baseline or backends[0]
+    if base_name not in backends:
+        raise ValueError(f"baseline must be one of {sorted(set(backends))}, got {base_name!r}")
+    base = {r.concurrency: r.throughput for r, b in zip(results, backends) if b == base_name}
+    width = max(len("service"), *(len(r.name) for r in results))
+    lines = [f"{'service':<{width}}  {'p50 ms':>7}  {'p95 ms':>7}  {'p99 ms':>7}  {'req/s':>7}  {'failed':>6}  "
+             f"{'req/s vs ' + base_name}"]
+    for r in results:
+        ratio = f"{r.throughput / base[r.concurrency]:.2f}x" if r.concurrency in base else "-"
+        lines.append(f"{r.name:<{width}}  {r.percentile_ms(50):>7.1f}  {r.percentile_ms(95):>7.1f}  "
+                     f"{r.percentile_ms(99):>7.1f}  {r.throughput:>7.1f}  {r.failures:>6}  {ratio}")
+    return "\n".join(lines)
