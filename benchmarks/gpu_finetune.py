@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from course_lib import bench
+from course_lib.runtime import describe_device, get_device, quiet_import_logs
 
 VARIANTS = ("fp32", "tf32", "bf16", "fp16-scaler", "bf16-compile", "best")
 GPU_ONLY = ("tf32", "fp16-scaler", "best")
@@ -98,27 +100,19 @@ def run_variant(variant: str, size: dict, batch: int, seq: int, steps: int, warm
             loss.backward()
             optimizer.step()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - start
+    accelerator = device.type != "cpu"
+    sync = (lambda: torch.accelerator.synchronize(device)) if accelerator else None
+    if accelerator:
+        torch.accelerator.reset_peak_memory_stats(device)
+    # warm-up steps (compilation happens in the first) timed apart from the measured ones
+    warmup_s = sum(bench.measure(step, name="warm-up", warmup=0, repeat=warmup, sync=sync).times) if warmup else 0.0
+    timing = bench.measure(step, name=variant, warmup=0, repeat=steps, sync=sync)
+    seconds = sum(timing.times)
     tokens_per_s = batch * seq * steps / seconds
     tflops = tokens_per_s * flops_per_token(model, size["num_hidden_layers"], size["hidden_size"], seq) / 1e12
-    peak = next((p[precision] for name, p in PEAKS.items()
-                 if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    described = describe_device(device)
+    peak = next((p[precision] for name, p in PEAKS.items() if accelerator and name in described), None)
+    memory = torch.accelerator.max_memory_allocated(device) / 2**30 if accelerator else None
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     return Row(variant, batch, seq, tokens_per_s, batch * steps / seconds, tflops,
                tflops / peak if peak else None, warmup_s, memory)
@@ -144,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto (the best here), cpu, cuda, cuda:N or mps")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model, batch 4 x 32: checks the script")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
@@ -157,25 +151,24 @@ def main(argv: list[str] | None = None) -> list[Row]:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    try:
+        device = get_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
     if args.device == "auto" and device.type == "cpu" and not args.tiny:
         print("no GPU here: running the tiny configuration (--device cpu measures BERT-base on the CPU anyway)")
         args.tiny = True
-    if device.type != "cuda":
+    if device.type == "cpu":
         skipped = [v for v in variants if v in GPU_ONLY]
         variants = [v for v in variants if v not in GPU_ONLY]
         if skipped:
             print(f"on {device}: skipping the GPU-only variants {', '.join(skipped)}")
         if not variants:
             parser.error("no variant left to run on this device")
-    from course_lib.runtime import quiet_import_logs
-
     quiet_import_logs()  # transformers imports torchao when it is installed; its load messages are noise here
     size = TINY if args.tiny else BERT_BASE
     batch, seq = (4, 32) if args.tiny else (args.batch, args.seq)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__} on {name}; model {size}; batch {batch} x {seq} tokens; "
+    print(f"torch {torch.__version__} on {describe_device(device)}; model {size}; batch {batch} x {seq} tokens; "
           f"{args.steps} timed steps after {args.warmup} warm-up steps", flush=True)
     rows = []
     for variant in variants:

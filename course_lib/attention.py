@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.arguments import require_int
+
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -52,8 +54,7 @@ def _as_additive(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(T, T) bool: query i may attend to keys 0..i (True on and below the diagonal)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    size = require_int("size", size)
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
@@ -116,8 +117,9 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     the features."""
     if x.ndim != 3:
         raise ValueError(f"x must have shape (B, T, d_model), got {tuple(x.shape)}")
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1 or x.shape[-1] % n_heads:
-        raise ValueError(f"n_heads must be a positive int dividing d_model={x.shape[-1]}, got {n_heads!r}")
+    n_heads = require_int("n_heads", n_heads)
+    if x.shape[-1] % n_heads:
+        raise ValueError(f"n_heads must divide d_model={x.shape[-1]}, got {n_heads}")
     b, t, d = x.shape
     return x.reshape(b, t, n_heads, d // n_heads).transpose(1, 2)
 
@@ -143,10 +145,9 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"n_heads must be a positive int dividing d_model={d_model}, got {n_heads!r}")
+        d_model, n_heads = require_int("d_model", d_model), require_int("n_heads", n_heads)
+        if d_model % n_heads:
+            raise ValueError(f"n_heads must divide d_model={d_model}, got {n_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.d_model, self.n_heads, self.dropout = d_model, n_heads, dropout
@@ -186,9 +187,7 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     """(length, d_model) encodings of "Attention Is All You Need": sin on even features, cos on
     odd ones, wavelengths from 2π to 10000·2π, so every position gets a distinct pattern and
     relative offsets are linear functions of it."""
-    for name, value in (("length", length), ("d_model", d_model)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    length, d_model = require_int("length", length), require_int("d_model", d_model)
     if d_model % 2:
         raise ValueError(f"d_model must be even for sin/cos pairs, got {d_model}")
     position = torch.arange(length, dtype=torch.float32)[:, None]

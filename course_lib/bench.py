@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from course_lib.arguments import require_int
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -33,18 +35,11 @@ class Timing:
         return self.median * 1e3
 
 
-def _check_counts(warmup: int, repeat: int) -> None:
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
-
-
 def _time_once(fn: Callable[[], object], sync: Callable[[], None] | None) -> float:
     start = time.perf_counter()
     fn()
     if sync is not None:
-        sync()  # wait for asynchronous devices (e.g. torch.cuda.synchronize) before stopping
+        sync()  # wait for asynchronous devices (torch.accelerator.synchronize) before stopping
     return time.perf_counter() - start
 
 
@@ -63,7 +58,7 @@ def measure(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    _check_counts(warmup, repeat)
+    warmup, repeat = require_int("warmup", warmup, at_least=0), require_int("repeat", repeat)
     for _ in range(warmup):
         fn()
     if sync is not None:
@@ -86,7 +81,7 @@ def compare(
     for name, fn in candidates.items():
         if not callable(fn):
             raise TypeError(f"candidates[{name!r}] must be callable, got {type(fn).__name__}")
-    _check_counts(warmup, repeat)
+    warmup, repeat = require_int("warmup", warmup, at_least=0), require_int("repeat", repeat)
     for fn in candidates.values():
         for _ in range(warmup):
             fn()

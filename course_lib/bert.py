@@ -79,7 +79,11 @@ class BertSelfAttention(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
+        # the attribute names of transformers' BertSelfAttention, so tools written for it (such as
+        # course_lib.prune.prune_heads, which shrinks these three) work on this model too
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = config.hidden_size
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
@@ -88,7 +92,7 @@ class BertSelfAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
+        q, k, v = (split_heads(proj(x), self.num_attention_heads) for proj in (self.query, self.key, self.value))
         dropout = self.dropout_p if self.training else 0.0
         if need_weights:
             context, weights = scaled_dot_product_attention(q, k, v, mask, dropout)

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from course_lib.arguments import require_int
 from course_lib.gpt import GPT, GPTConfig, causal_lm_loss, character_windows
 from course_lib.runtime import get_device
 
@@ -189,8 +190,7 @@ def launch(processes: int, out: str | Path, *options: str, timeout: float = 600.
     """Run this script with ``processes`` ranks (``torchrun --standalone``; 1 means a plain
     process, no process group) writing to ``out``, and return rank 0's history. Raises with the
     run's output when it fails or exceeds ``timeout`` seconds."""
-    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-        raise ValueError(f"processes must be a positive int, got {processes!r}")
+    processes = require_int("processes", processes)
     out = Path(out)
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
     command = [sys.executable, *launcher, "-m", "course_lib.distributed", "--out", str(out), *options]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from course_lib.arguments import require_int
+
 INPUT_NAMES = ("input_ids", "attention_mask")
 ONNX_FILE = "model.onnx"
 
@@ -112,8 +114,7 @@ def onnx_session(path: str | Path, threads: int = 1):
     which hurts beside other work on a small machine)."""
     import onnxruntime as ort
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    threads = require_int("threads", threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -21,8 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from course_lib import train
+from course_lib.arguments import require_int
 from course_lib.pretrained import BUNDLED, load_model, load_tokenizer
-from course_lib.runtime import headless, seed_everything
+from course_lib.runtime import progress_bars_hidden_when_headless, seed_everything
 
 LABELS = ("negative", "positive")
 
@@ -31,8 +32,7 @@ def tokenize(dataset: Any, tokenizer: Any, max_length: int = 128, text_column: s
              label_column: str = "label") -> Any:
     """A ``datasets`` Dataset or DatasetDict tokenised with ``map`` (batched, truncated to
     ``max_length`` tokens, not padded), keeping only the model inputs and ``labels``."""
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2 (room for [CLS] and [SEP]), got {max_length!r}")
+    max_length = require_int("max_length", max_length, at_least=2)  # room for [CLS] and [SEP]
     splits = dataset.values() if hasattr(dataset, "values") else [dataset]
     for split in splits:
         for column in (text_column, label_column):
@@ -44,12 +44,9 @@ def tokenize(dataset: Any, tokenizer: Any, max_length: int = 128, text_column: s
         encoded["labels"] = batch[label_column]
         return encoded
 
-    if headless():  # no progress bars in executed notebooks and logs
-        import datasets
-
-        datasets.disable_progress_bars()
     first = next(iter(splits))
-    return dataset.map(encode, batched=True, remove_columns=first.column_names, desc="tokenising")
+    with progress_bars_hidden_when_headless():
+        return dataset.map(encode, batched=True, remove_columns=first.column_names, desc="tokenising")
 
 
 def collator(tokenizer: Any):
@@ -66,8 +63,7 @@ class LengthGroupedSampler(Sampler[int]):
     order every epoch."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int = 50):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = require_int("batch_size", batch_size)
         self.lengths = torch.as_tensor(list(lengths))
         self.batch_size, self.group = batch_size, batch_size * group_batches
         self.generator = torch.Generator().manual_seed(seed)
@@ -93,9 +89,7 @@ def make_loaders(tokenized: Mapping[str, Any], tokenizer: Any, batch_size: int =
                  eval_batch_size: int = 64, seed: int = 0, group_by_length: bool = True) -> dict[str, DataLoader]:
     """One DataLoader per split: ``train`` shuffled reproducibly from ``seed`` (grouped by length
     unless ``group_by_length`` is false), the others in order."""
-    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    batch_size, eval_batch_size = require_int("batch_size", batch_size), require_int("eval_batch_size", eval_batch_size)
     collate = collator(tokenizer)
     loaders = {}
     for name, split in tokenized.items():

@@ -34,6 +34,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from course_lib import sandbox
+from course_lib.arguments import require_int
 from course_lib.checks import BY_CHECK, Exercise
 from course_lib.exercises import CHECK_CALL, GRADING_SKIP, META, find_exercises
 from course_lib.runner import find_notebooks
@@ -459,8 +460,7 @@ def grade(
     messages for unusable files, and the line describing the isolation used."""
     if timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    workers = require_int("workers", workers)
     limits = limits or sandbox.Limits()
     use_sandbox = sandbox.bubblewrap() is not None if use_sandbox is None else use_sandbox
     errors: list[str] = []

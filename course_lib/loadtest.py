@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from course_lib.arguments import require_int
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -48,9 +50,8 @@ def load_test(url: str, texts: Sequence[str], requests: int = 200, concurrency: 
     A request fails when it gets no answer, a non-200 status, or the wrong number of predictions."""
     import httpx
 
-    for argument, value, least in (("requests", requests, 1), ("concurrency", concurrency, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{argument} must be an int >= {least}, got {value!r}")
+    requests, concurrency = require_int("requests", requests), require_int("concurrency", concurrency)
+    warmup = require_int("warmup", warmup, at_least=0)
     if isinstance(texts, str) or not texts:
         raise ValueError("texts must be a non-empty sequence of str")
     with httpx.Client(timeout=timeout) as client:

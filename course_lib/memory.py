@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from course_lib.arguments import require_int
+
 OPTIMIZERS = ("adamw", "sgd", "sgd_momentum")
 PRECISIONS = ("float32", "bfloat16", "mixed")
 _STATES = {"adamw": 2, "sgd": 0, "sgd_momentum": 1}  # tensors of optimizer state per parameter
@@ -49,9 +51,7 @@ class TransformerShape:
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "vocab"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(name, getattr(self, name))
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
 
@@ -144,11 +144,6 @@ def bytes_per_parameter(dtype: str = "float32", optimizer: str = "adamw") -> dic
     return {"weights": low + master, "gradients": low, "optimizer": state * _STATES[optimizer]}
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def estimate_training_memory(config: Any, batch: int, seq: int, dtype: str | torch.dtype = "float32",
                              optimizer: str = "adamw", checkpointing: bool = False) -> MemoryEstimate:
     """Estimate the memory of a training step (after the first, once the optimizer state exists).
@@ -160,8 +155,7 @@ def estimate_training_memory(config: Any, batch: int, seq: int, dtype: str | tor
     checkpointing per block keeps only each block's input and recomputes one block at a time.
     """
     s = shape_of(config)
-    _check_positive("batch", batch)
-    _check_positive("seq", seq)
+    batch, seq = require_int("batch", batch), require_int("seq", seq)
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
     per_parameter = bytes_per_parameter(dtype, optimizer)

@@ -55,11 +55,9 @@ def load_model(name: str | Path = BUNDLED, model_class: type | None = None, **kw
     """A transformers model from safetensors weights: ``AutoModel`` unless another class (e.g.
     ``BertForSequenceClassification``) is given; extra keyword arguments go to ``from_pretrained``."""
     from transformers import AutoModel
-    from transformers.utils import logging
 
-    from course_lib.runtime import headless
+    from course_lib.runtime import progress_bars_hidden_when_headless
 
-    if headless():  # no "Loading weights" bar in executed notebooks and logs
-        logging.disable_progress_bar()
     model_class = model_class or AutoModel
-    return model_class.from_pretrained(resolve_model(name), use_safetensors=True, **kwargs)
+    with progress_bars_hidden_when_headless():  # no "Loading weights" bar in executed notebooks
+        return model_class.from_pretrained(resolve_model(name), use_safetensors=True, **kwargs)

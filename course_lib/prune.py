@@ -115,7 +115,7 @@ def _keep_columns(layer: nn.Linear, index: torch.Tensor) -> nn.Linear:
 def _encoder_layers(model: nn.Module) -> nn.ModuleList:
     encoder = getattr(getattr(model, "bert", model), "encoder", None)
     if encoder is None or not hasattr(encoder, "layer"):
-        raise TypeError(f"expected a transformers BERT model (with .encoder.layer), got {type(model).__name__}")
+        raise TypeError(f"expected a BERT model, transformers' or course_lib.bert's (with .encoder.layer), got {type(model).__name__}")
     return encoder.layer
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from course_lib.arguments import require_int
+
 SUPPORTED_BITS = tuple(range(2, 9))
 
 
@@ -178,8 +180,7 @@ def torchao_int8(model: nn.Module, weight_only: bool = False) -> nn.Module:
 def fixed_shape_batch(tokenizer, texts: list[str], batch: int, length: int) -> dict[str, torch.Tensor]:
     """``batch`` real sentences (repeated if needed) tokenised and padded or truncated to exactly
     ``length`` tokens: a fixed shape, so every variant is timed on the same work."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    batch = require_int("batch", batch)
     if not texts:
         raise ValueError("texts must not be empty")
     chosen = [texts[i % len(texts)] for i in range(batch)]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from course_lib.arguments import require_int
+
 if TYPE_CHECKING:  # torch is imported where it is used: the grader, `run` and the CLI import this module
     import torch
 
@@ -130,13 +132,12 @@ def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    random.seed(int(seed))
-    np.random.seed(int(seed))
-    torch.manual_seed(int(seed))  # also seeds every CUDA device
+    seed = require_int("seed", seed, at_least=0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be < 2**32, got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def default_threads() -> int:
@@ -161,10 +162,9 @@ def default_threads() -> int:
 
 def set_threads(threads: int | None = None) -> int:
     """Set PyTorch's intra-op CPU threads (``None``: :func:`default_threads`); return the number."""
+    threads = require_int("threads", threads, allow_none=True)
     if threads is None:
         threads = default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     import torch
 
     torch.set_num_threads(threads)
@@ -238,6 +238,29 @@ def describe_device(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
     return str(device)
+
+
+@contextmanager
+def progress_bars_hidden_when_headless() -> Iterator[None]:
+    """Inside the block, transformers' and datasets' progress bars are hidden when nobody watches
+    (:func:`headless`: executed notebooks and logs would store every frame of them); afterwards
+    each is as it was. Both libraries switch them process-wide, so a loader must put them back."""
+    if not headless():
+        yield
+        return
+    import datasets
+    from transformers.utils import logging
+
+    saved = (datasets.is_progress_bar_enabled(), logging.is_progress_bar_enabled())
+    datasets.disable_progress_bars()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if saved[0]:
+            datasets.enable_progress_bars()
+        if saved[1]:
+            logging.enable_progress_bar()
 
 
 @contextmanager

@@ -134,13 +134,13 @@ def _version(folder: Path) -> str:
 
 
 def load_predictor(folder: str | Path, backend: str = "torch", threads: int = 1) -> Predictor:
-    """The predictor for ``backend`` (``"torch"`` or ``"onnx"``), after setting compute threads."""
+    """The predictor for ``backend`` (``"torch"`` or ``"onnx"``). ``threads`` sizes the ONNX
+    session; PyTorch's threads are process-wide, so :func:`serve` sets them for its own process."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
-    torch.set_num_threads(threads)
     return TorchPredictor(folder) if backend == "torch" else OnnxPredictor(folder, threads)
 
 
@@ -182,7 +182,8 @@ def serve(folder: str | Path, backend: str = "torch", host: str = "127.0.0.1", p
     from course_lib.runtime import quiet_import_logs
 
     quiet_import_logs()  # a server's log should hold requests and errors, not import chatter
-    logging.disable_progress_bar()
+    logging.disable_progress_bar()  # this process is the service: its global settings are ours to choose
+    torch.set_num_threads(threads)
     app = create_app(load_predictor(folder, backend, threads))
     if parent_pid is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()

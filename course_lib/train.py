@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from course_lib.arguments import require_int
 from course_lib.runtime import headless
 
 Batch = tuple | list | Mapping
@@ -87,8 +88,7 @@ def reliability(
         raise ValueError(f"probabilities must be an (N, C) tensor, got {getattr(probabilities, 'shape', type(probabilities).__name__)}")
     if not isinstance(targets, torch.Tensor) or targets.shape != probabilities.shape[:1]:
         raise ValueError(f"targets must have shape ({probabilities.shape[0]},), got {getattr(targets, 'shape', type(targets).__name__)}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    n_bins = require_int("n_bins", n_bins)
     confidence, predicted = probabilities.double().max(dim=1)
     correct = (predicted == targets).double()
     # a confidence of exactly 1.0 belongs to the last bin, as every other edge opens its bin
@@ -122,10 +122,10 @@ def linear_warmup_schedule(
     """Learning rate rising linearly from 0 to its set value over ``warmup_steps``, then falling
     linearly to 0 at ``total_steps``: the usual schedule for fine-tuning transformers (and what the
     Trainer uses by default). Step it once per batch."""
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
+    total_steps = require_int("total_steps", total_steps)
+    warmup_steps = require_int("warmup_steps", warmup_steps, at_least=0)
+    if warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps must be <= total_steps={total_steps}, got {warmup_steps}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -237,13 +237,6 @@ class History:
         }
 
 
-def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
-
-
 def train_step(
     optimizer: torch.optim.Optimizer,
     loss: torch.Tensor,
@@ -304,9 +297,8 @@ def fit(
     without a lower validation loss, and the best epoch's weights are restored. ``progress`` shows a
     progress bar (default: unless headless, so executed notebooks do not store one).
     """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("log_every", log_every)
-    _check_positive_int("early_stopping_patience", early_stopping_patience, allow_none=True)
+    epochs, log_every = require_int("epochs", epochs), require_int("log_every", log_every)
+    early_stopping_patience = require_int("early_stopping_patience", early_stopping_patience, allow_none=True)
     if early_stopping_patience is not None and val_loader is None:
         raise ValueError("early_stopping_patience needs a val_loader to watch")
     if max_grad_norm is not None and not max_grad_norm > 0:

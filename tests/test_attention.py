@@ -104,7 +104,7 @@ def test_masks_from_sizes_and_lengths():
         [True, True, False], [False, False, False], [True, True, True]]
     assert A.padding_mask(torch.tensor([1]), max_len=3).tolist() == [[True, False, False]]
     assert A.attention_mask_from_padding(A.padding_mask(torch.tensor([2, 1]))).shape == (2, 1, 1, 2)
-    with pytest.raises(ValueError, match="size must be a positive int"):
+    with pytest.raises(ValueError, match="size must be an int >= 1, got 0"):
         A.causal_mask(0)
     with pytest.raises(ValueError, match="max_len=2 is shorter than the longest sequence"):
         A.padding_mask(torch.tensor([3]), max_len=2)
@@ -118,7 +118,7 @@ def test_split_and_merge_heads_are_inverse_and_slice_features():
     assert heads.shape == (2, 4, 3, 2)
     torch.testing.assert_close(heads[:, 1], x[..., 2:4])
     torch.testing.assert_close(A.merge_heads(heads), x)
-    with pytest.raises(ValueError, match="n_heads must be a positive int dividing d_model=8, got 3"):
+    with pytest.raises(ValueError, match="n_heads must divide d_model=8, got 3"):
         A.split_heads(x, 3)
     with pytest.raises(ValueError, match=r"x must have shape \(B, n_heads, T, d_head\)"):
         A.merge_heads(x)
@@ -174,7 +174,7 @@ def test_multi_head_gradients_match_torch():
 
 
 def test_multi_head_attention_rejects_bad_configuration_and_input():
-    with pytest.raises(ValueError, match="n_heads must be a positive int dividing d_model=10"):
+    with pytest.raises(ValueError, match="n_heads must divide d_model=10, got 3"):
         A.MultiHeadAttention(10, 3)
     with pytest.raises(ValueError, match="dropout must be in"):
         A.MultiHeadAttention(8, 2, dropout=1.0)

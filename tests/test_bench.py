@@ -46,9 +46,9 @@ def test_ratio_table_shows_speed_up_against_the_baseline():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(warmup=-1), "warmup must be an int >= 0"),
-        (dict(repeat=0), "repeat must be an int >= 1"),
-        (dict(repeat=2.5), "repeat must be an int >= 1"),
+        (dict(warmup=-1), "warmup must be an int >= 0, got -1"),
+        (dict(repeat=0), "repeat must be an int >= 1, got 0"),
+        (dict(repeat=2.5), "repeat must be an int >= 1, got 2.5"),
     ],
 )
 def test_bad_counts_are_rejected(kwargs, message):

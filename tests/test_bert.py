@@ -139,3 +139,23 @@ def test_saved_and_reloaded_weights_round_trip(bundled, tmp_path):
     again = bert.from_pretrained(tmp_path)
     ids = torch.tensor([[101, 7592, 102]])
     torch.testing.assert_close(again(ids).last_hidden_state, ours(ids).last_hidden_state)
+
+
+def test_prune_heads_works_on_this_model_as_on_transformers(tmp_path):
+    """The self-attention's attribute names are transformers' (num_attention_heads,
+    attention_head_size, all_head_size), so course_lib.prune handles both models alike."""
+    from course_lib import prune
+
+    config = HFBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=40)
+    torch.manual_seed(0)
+    theirs = HFBertModel(config).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = bert.from_pretrained(tmp_path)
+    heads = {0: [1, 2], 1: [3]}
+    prune.prune_heads(ours, heads)
+    prune.prune_heads(theirs, heads)
+    assert ours.encoder.layer[0].attention.self.num_attention_heads == 2
+    assert ours.encoder.layer[0].attention.self.query.weight.shape == (16, 32)
+    ids = torch.randint(1, 99, (2, 9))
+    _compare(ours, theirs, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})

@@ -52,7 +52,7 @@ def test_bad_arguments_are_refused_before_training(options, message, monkeypatch
 def test_launch_reports_a_failed_run(tmp_path):
     with pytest.raises(RuntimeError, match="failed with exit code 2"):
         distributed.launch(1, tmp_path, "--lr", "-1")
-    with pytest.raises(ValueError, match="processes must be a positive int"):
+    with pytest.raises(ValueError, match="processes must be an int >= 1, got 0"):
         distributed.launch(0, tmp_path)
 
 

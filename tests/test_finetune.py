@@ -62,8 +62,8 @@ def test_loaders_pad_each_batch_to_its_longest_sentence(tokenizer):
 
 @pytest.mark.parametrize("call, message", [
     (lambda t: finetune.tokenize(_data(), t, text_column="sentence"), "no column 'sentence'; its columns are"),
-    (lambda t: finetune.tokenize(_data(), t, max_length=1), "max_length must be an int >= 2"),
-    (lambda t: finetune.make_loaders({}, t, batch_size=0), "batch_size must be a positive int, got 0"),
+    (lambda t: finetune.tokenize(_data(), t, max_length=1), "max_length must be an int >= 2, got 1"),
+    (lambda t: finetune.make_loaders({}, t, batch_size=0), "batch_size must be an int >= 1, got 0"),
 ])
 def test_pipeline_rejects_bad_input(tokenizer, call, message):
     with pytest.raises(ValueError, match=message):

@@ -68,7 +68,7 @@ def test_causal_lm_loss_shifts_by_one():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: GPTConfig(vocab_size=0), "vocab_size must be a positive int"),
+        (lambda: GPTConfig(vocab_size=0), "vocab_size must be an int >= 1, got 0"),
         (lambda: GPTConfig(vocab_size=5, n_embd=30, n_head=4), r"n_embd \(30\) must be divisible by n_head \(4\)"),
         (lambda: _model()(torch.zeros(1, 17, dtype=torch.long)), "more than block_size=16"),
         (lambda: _model()(torch.zeros(1, 3)), r"idx must be \(B, T\) integer token ids"),

@@ -136,7 +136,7 @@ def test_adapter_round_trip_through_files(tmp_path):
         (lambda m: lora.inject_lora(m, ["nothing_like_this"]), ValueError, "matches no module; linear layers are named like"),
         (lambda m: lora.inject_lora(m, r"bert\.embeddings\.word_embeddings"), TypeError, "a Embedding; LoRA here wraps nn.Linear only"),
         (lambda m: lora.inject_lora(m, []), TypeError, "target_modules must be"),
-        (lambda m: lora.inject_lora(m, ["query"], r=0), ValueError, "r must be a positive int, got 0"),
+        (lambda m: lora.inject_lora(m, ["query"], r=0), ValueError, "r must be an int >= 1, got 0"),
         (lambda m: lora.mark_only_lora_trainable(m), ValueError, "no LoRA layers"),
         (lambda m: lora.LoRALinear(nn.Conv1d(2, 2, 1)), TypeError, "base must be an nn.Linear, got Conv1d"),
     ],

@@ -100,8 +100,8 @@ def test_mixed_precision_costs_16_bytes_per_parameter_with_adamw():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(batch=0), ValueError, "batch must be a positive int, got 0"),
-    (dict(seq=2.5), ValueError, "seq must be a positive int, got 2.5"),
+    (dict(batch=0), ValueError, "batch must be an int >= 1, got 0"),
+    (dict(seq=2.5), ValueError, "seq must be an int >= 1, got 2.5"),
     (dict(dtype="fp8"), ValueError, "dtype must be one of"),
     (dict(optimizer="adam"), ValueError, "optimizer must be one of"),
     (dict(seq=65), ValueError, "longer than the model's 64 positions"),

@@ -94,7 +94,7 @@ def test_linear_initialisation_is_bounded_like_pytorch():
 def test_linear_rejects_wrong_sizes():
     with pytest.raises(ValueError, match=r"last dimension in_features=6, got shape \(2, 5\)"):
         cnn.Linear(6, 4)(torch.randn(2, 5))
-    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="in_features must be an int >= 1, got 0"):
         cnn.Linear(0, 4)
 
 

@@ -135,5 +135,5 @@ def test_fixed_shape_batches_and_side_by_side_latency():
     timings = Q.measure_latency({"fp32": model, "int8": Q.legacy_dynamic_int8(model)},
                                 {"input_ids": batch["input_ids"] % 200}, warmup=1, repeat=2)
     assert [t.name for t in timings] == ["fp32", "int8"] and all(len(t.times) == 2 for t in timings)
-    with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="batch must be an int >= 1, got 0"):
         Q.fixed_shape_batch(tokenizer, ["x"], 0, 6)

@@ -156,7 +156,7 @@ def test_to_device_moves_nested_batches():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(epochs=0), ValueError, "epochs must be a positive int"),
+        (dict(epochs=0), ValueError, "epochs must be an int >= 1, got 0"),
         (dict(epochs=1, early_stopping_patience=2), ValueError, "needs a val_loader"),
         (dict(epochs=1, max_grad_norm=0), ValueError, "max_grad_norm must be > 0"),
         (dict(epochs=1, train_loader=[]), ValueError, "train_loader yielded no batches"),
@@ -216,8 +216,8 @@ def test_linear_warmup_schedule_matches_transformers(warmup, total):
     assert ours[total] == 0 and (warmup == total or max(ours) == pytest.approx(0.5))
 
 
-@pytest.mark.parametrize("warmup, total, message", [(5, 0, "total_steps must be"), (11, 10, r"warmup_steps must be an int in \[0, total_steps=10\]"),
-                                                    (1.5, 10, "warmup_steps must be")])
+@pytest.mark.parametrize("warmup, total, message", [(5, 0, "total_steps must be an int >= 1, got 0"), (11, 10, "warmup_steps must be <= total_steps=10, got 11"),
+                                                    (1.5, 10, "warmup_steps must be an int >= 0, got 1.5")])
 def test_schedule_rejects_bad_steps(warmup, total, message):
     with pytest.raises(ValueError, match=message):
         train.linear_warmup_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), warmup, total)
@@ -249,7 +249,7 @@ def test_a_calibrated_model_has_a_small_error_and_an_overconfident_one_a_large_o
 @pytest.mark.parametrize("probabilities, targets, n_bins, message", [
     (torch.rand(4), torch.zeros(4), 10, r"probabilities must be an \(N, C\) tensor"),
     (torch.rand(4, 2), torch.zeros(3), 10, r"targets must have shape \(4,\)"),
-    (torch.rand(4, 2), torch.zeros(4), 0, "n_bins must be a positive int, got 0"),
+    (torch.rand(4, 2), torch.zeros(4), 0, "n_bins must be an int >= 1, got 0"),
 ])
 def test_reliability_rejects_bad_input(probabilities, targets, n_bins, message):
     with pytest.raises(ValueError, match=message):
