@@ -1,10 +1,11 @@
-"""Command line: ``python -m course_lib run|lab|doctor|exercises|grade|clean|serve``. Thin: parses arguments and
+"""Command line: ``python -m course_lib run|execute|lab|doctor|exercises|grade|clean|serve``. Thin: parses arguments and
 calls the modules that do the work."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _execute(args: argparse.Namespace) -> int:
+    from course_lib.runner import execute_in_place, find_notebooks
+
+    try:
+        notebooks = find_notebooks(args.notebooks)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for notebook in notebooks:
+        start = time.perf_counter()
+        try:
+            execute_in_place(notebook, timeout=args.timeout)
+        except Exception as error:  # the cell's error, as nbclient reports it; the file is untouched
+            print(f"{notebook.name}: FAILED, left unchanged\n{error}", file=sys.stderr)
+            return 1
+        print(f"{notebook.name}: executed in {time.perf_counter() - start:.0f} s and saved; "
+              "now check its prose against the new outputs, then `python -m course_lib exercises`")
+    return 0
+
+
 def _lab(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from course_lib.lab import start
 
@@ -60,10 +81,19 @@ def _exercises(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     if args.check:
+        from course_lib.freshness import stale
+        from course_lib.runner import find_notebooks
+
+        outdated = [reason for reason in map(stale, find_notebooks()) if reason]
+        for reason in outdated:
+            print(reason)
         if problems:
             print("exercises/ is out of date: run `python -m course_lib exercises`")
+        if outdated:
+            print("stored outputs may be out of date: re-execute with `python -m course_lib execute NN`")
+        if problems or outdated:
             return 1
-        print("exercises/ is up to date")
+        print("exercises/ is up to date, and so are the notebooks' stored outputs")
     else:
         print("exercises/ written from notebooks/")
     return 0
@@ -148,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="folder for executed copies (default: runs/<timestamp>)")
     run.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell (default: no limit)")
     run.set_defaults(handler=_run)
+
+    execute = commands.add_parser("execute", help="maintainers: re-execute chapters in place, full size, recording what produced the outputs")
+    execute.add_argument("notebooks", nargs="+", help="chapters: 03, 03_nn or a path")
+    execute.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell (default: no limit)")
+    execute.set_defaults(handler=_execute)
 
     lab = commands.add_parser("lab", help="start JupyterLab with the course's settings (extra arguments go to jupyter lab)")
     lab.set_defaults(handler=_lab, passes_extra=True)

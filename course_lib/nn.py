@@ -48,16 +48,19 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """1 / (1 + e^-x), computed so that e^-x is never taken of a large negative x (which would
     overflow): for x < 0 the equal form e^x / (1 + e^x) is used."""
     _check_tensor("x", x)
-    e = torch.exp(-x.abs())  # in (0, 1]: cannot overflow
+    # e^-|x|, in (0, 1]: cannot overflow. -|x| is written as a where, not x.abs(), so that its
+    # gradient at 0 is -1 rather than abs's 0 (which would make the slope at 0 come out 0, not 1/4)
+    e = torch.exp(torch.where(x >= 0, -x, x))
     return torch.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """(e^x - e^-x) / (e^x + e^-x), written as sign(x)·(1 - e^-2|x|) / (1 + e^-2|x|) so that no
-    exponential overflows."""
+    """(e^x - e^-x) / (e^x + e^-x), written as ±(1 - e^-2|x|) / (1 + e^-2|x|) (the sign of x) so
+    that no exponential overflows."""
     _check_tensor("x", x)
-    e = torch.exp(-2 * x.abs())
-    return torch.sign(x) * (1 - e) / (1 + e)
+    e = torch.exp(2 * torch.where(x >= 0, -x, x))  # e^-2|x|, with the slope at 0 kept (see sigmoid)
+    t = (1 - e) / (1 + e)
+    return torch.where(x >= 0, t, -t)
 
 
 def logsumexp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:

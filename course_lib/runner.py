@@ -199,6 +199,33 @@ def run_notebooks(
     return results
 
 
+def execute_in_place(notebook: Path, *, timeout: float | None = None, progress: bool = True) -> None:
+    """Re-execute a source notebook top to bottom in full size, as a maintainer does after editing
+    it, and save it with its fresh outputs and a record of the ``course_lib`` modules they came from
+    (:mod:`course_lib.freshness`). Nothing is written when a cell raises: the error is re-raised."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from course_lib import freshness
+    from course_lib.runtime import temporary_environment
+
+    nb = nbformat.read(notebook, as_version=4)
+    code_cells = sum(c.cell_type == "code" for c in nb.cells)
+    bar = tqdm(total=code_cells, desc=notebook.name, unit="cell", leave=False, disable=not progress)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", record_timing=False,
+        resources={"metadata": {"path": str(notebook.parent)}}, kernel_manager_class=_quiet_kernel_manager(),
+        on_cell_executed=lambda cell, **_: bar.update(cell.cell_type == "code"),
+    )
+    with temporary_environment(COURSE_HEADLESS="1", COURSE_FAST="0"):
+        try:
+            client.execute()
+        finally:
+            bar.close()
+    freshness.stamp(nb)
+    nbformat.write(nb, notebook)
+
+
 def summary(results: Sequence[Result]) -> str:
     """A table: notebook, status, seconds; then each failure's cell and error."""
     width = max([len("notebook"), *(len(r.notebook.name) for r in results)])

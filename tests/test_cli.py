@@ -156,3 +156,17 @@ def test_doctor_names_what_a_chapter_misses_on_this_machine(monkeypatch):
     compile_check, fork_check = doctor.check_extras()
     assert compile_check.status == "WARN" and "-p COMPILE False" in compile_check.detail
     assert fork_check.status == "WARN" and "nan" in fork_check.detail and "gloo" in fork_check.detail
+
+
+def test_exercises_check_fails_when_a_notebooks_outputs_predate_its_modules(monkeypatch, capsys):
+    from course_lib import freshness
+
+    monkeypatch.setattr(freshness, "stale", lambda path: f"{path.name}: executed before changes to course_lib.x"
+                        if path.name.startswith("03") else None)
+    assert main(["exercises", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "03_neural_networks.ipynb: executed before changes to course_lib.x" in out
+    assert "re-execute with `python -m course_lib execute NN`" in out
+    monkeypatch.setattr(freshness, "stale", lambda path: None)
+    assert main(["exercises", "--check"]) == 0
+    assert "and so are the notebooks' stored outputs" in capsys.readouterr().out

@@ -172,7 +172,7 @@ def test_the_command_line_side_never_imports_torch():
         "import io, sys, contextlib\n"
         "from course_lib.__main__ import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    assert main(['exercises', '--check']) == 0\n"
+        "    assert main(['exercises', '--check']) in (0, 1)  # 1: some notebook to re-execute\n"
         "    assert main(['run', '--list-parameters', '07']) == 0\n"
         "import course_lib.runtime, course_lib.runner, course_lib.checks, course_lib.lab, course_lib.clean\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
