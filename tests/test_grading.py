@@ -267,7 +267,8 @@ CASES = {
         lambda m, p, g: (torch.rand(m.shape, generator=g) < p) & m,
         [(lambda m, p, g: torch.rand(m.shape, generator=g) < p, "not maskable ([CLS], [SEP], padding) was chosen"),
          (lambda m, p, g: (torch.rand(m.shape, generator=g) < 0.15) & m, "with probability=0.4, the fraction chosen is not close to it"),
-         (lambda m, p, g: (torch.rand(m.shape, generator=g) < p).float() * m, "expected a bool tensor")],
+         (lambda m, p, g: (torch.rand(m.shape, generator=g) < p).float() * m, "expected a bool tensor"),
+         (lambda m, p, g: (torch.rand(m.shape) < p) & m, "two generators with the same seed gave different choices")],
     ),
     "7.1": (
         grading.check_compute_metrics,

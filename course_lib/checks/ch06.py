@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.checks.verdict import Check, CheckFailed, call, expect_tensor, expect_unchanged, generator
+from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, call, expect_tensor, expect_unchanged, generator
 from course_lib.plain import type_name
 
 
@@ -64,9 +64,10 @@ def _maskable() -> torch.Tensor:
 class SelectForMasking(Check):
     """``select(maskable, probability, generator)``: a bool tensor like ``maskable``, True for
     positions chosen independently with ``probability``, never where ``maskable`` is False. The
-    probe makes the generator (seeded 63) from the case; the judge does the statistics.
+    probe calls it twice, each time with a fresh generator seeded 63; the judge does the statistics.
     Catches: choosing special tokens or padding, ignoring ``probability``, a float tensor, the
-    same number chosen in every row (not independent), changing ``maskable`` in place."""
+    same number chosen in every row (not independent), changing ``maskable`` in place, ignoring
+    ``generator`` (the global generator instead: two calls with equally seeded generators differ)."""
 
     exercise = "6.3"
 
@@ -74,12 +75,14 @@ class SelectForMasking(Check):
         return [(_maskable(), probability, 63) for probability in (0.15, 0.4)]
 
     def probe(self, select, case):
-        maskable, probability, seed = case
-        return call(select, maskable, probability, generator(seed))
+        maskable, probability, seed = case  # twice, each time with a fresh generator of the same seed
+        return [call(select, maskable, probability, generator(seed)) for _ in range(2)]
 
     def judge(self, case, got):
         maskable, probability, _ = case
-        chosen = expect_unchanged(case, got)
+        if type(got) is not list or len(got) != 2:
+            raise CheckFailed(UNREADABLE)
+        chosen, again = (expect_unchanged(case, g) for g in got)
         if not isinstance(chosen, torch.Tensor) or chosen.dtype != torch.bool or chosen.shape != maskable.shape:
             found = f"{chosen.dtype} {tuple(chosen.shape)}" if isinstance(chosen, torch.Tensor) else type_name(chosen)
             raise CheckFailed(f"expected a bool tensor of shape {tuple(maskable.shape)}, got {found}")
@@ -91,6 +94,9 @@ class SelectForMasking(Check):
         rows = chosen[200:].float().mean(dim=1)
         if rows.std() < 0.01:
             raise CheckFailed("every row has the same number chosen: choose each position independently")
+        if not (isinstance(again, torch.Tensor) and again.shape == chosen.shape and torch.equal(again, chosen)):
+            raise CheckFailed("two generators with the same seed gave different choices: draw the random "
+                              "numbers from the `generator` argument (torch.rand(..., generator=generator))")
 
 
 CHECKS = {c.exercise: c for c in (NextTokenLoss(), TopKFilter(), SelectForMasking())}
