@@ -299,14 +299,14 @@ CASES = {
          (lambda x, w, b, a, bb, alpha: x @ w.T + (alpha / a.shape[0]) * (x @ a.T @ bb.T), "values differ"),
          (lambda x, w, b, a, bb, alpha: x @ w.T + b + (alpha / a.shape[0]) * (x @ bb @ a), "your code raised RuntimeError")],
     ),
-    "8.2": (
+    "8.3": (
         grading.check_merge_lora_weight,
         lambda w, a, b, alpha: w + (alpha / a.shape[0]) * (b @ a),
         [(lambda w, a, b, alpha: w.add_((alpha / a.shape[0]) * (b @ a)), "argument 1 was modified in place"),
          (lambda w, a, b, alpha: w + b @ a, "r=2, alpha=4.0: values differ"),
          (lambda w, a, b, alpha: w + (alpha / a.shape[0]) * (a.T @ b.T), "your code raised RuntimeError")],
     ),
-    "8.3": (
+    "8.2": (
         grading.check_freeze_all_but,
         lambda m, keep: _freeze(m, keep),
         [(lambda m, keep: _freeze(m, keep, unfreeze=False), "keep=['encoder.0', 'encoder.1']: requires_grad is wrong for ['encoder.0.weight']"),

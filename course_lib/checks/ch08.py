@@ -48,7 +48,7 @@ class MergeLoraWeight(Check):
     what the LoRA layer did. Catches: adding into ``weight`` in place, a missing alpha / r, the
     product A B instead of B A (a shape error)."""
 
-    exercise = "8.2"
+    exercise = "8.3"
 
     def cases(self) -> list:
         g = generator(82)
@@ -82,7 +82,7 @@ class FreezeAllBut(Check):
     kept parameter must be switched on too. Catches: only freezing (never unfreezing), only
     unfreezing, counting tensors instead of elements."""
 
-    exercise = "8.3"
+    exercise = "8.2"
 
     def cases(self) -> list:
         return [["classifier"], ["lora_", "classifier"], ["encoder.0", "encoder.1"], []]
