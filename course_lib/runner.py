@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import os
+import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +136,12 @@ def _quiet_kernel_manager() -> type:
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # the sockets' path prefix: absolute (the kernel runs in another working directory), short
+            # (a socket path is limited to about 100 characters), unique; removed at shutdown
+            return os.path.join(tempfile.gettempdir(), f"course-kernel-{uuid.uuid4().hex[:12]}")
 
         async def _async_interrupt_kernel(self) -> None:
             if not self.shutting_down:

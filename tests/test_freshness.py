@@ -47,3 +47,4 @@ def test_execute_saves_fresh_outputs_and_the_record_or_leaves_a_failing_notebook
     with pytest.raises(Exception, match="ZeroDivisionError"):
         execute_in_place(bad, progress=False)
     assert bad.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ipynb", "good.ipynb"], "the kernel's sockets stay out"
