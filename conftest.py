@@ -8,8 +8,11 @@ the full configuration.
 
 import os
 
+from course_lib.runtime import HEADLESS_ENVIRONMENT
+
 os.environ.setdefault("COURSE_FAST", "1")
-os.environ.setdefault("COURSE_HEADLESS", "1")  # widgets draw static figures: nobody is watching
+for _name, _value in HEADLESS_ENVIRONMENT.items():  # nobody is watching: static widgets, no progress bars
+    os.environ.setdefault(_name, _value)
 
 
 def pytest_collection_modifyitems(items):

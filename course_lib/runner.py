@@ -166,7 +166,7 @@ def run_notebooks(
     notebook. With ``progress``, a bar and one line per finished notebook go to stderr."""
     import papermill  # slow to import (nbformat's schema), so only when running
 
-    from course_lib.runtime import temporary_environment
+    from course_lib.runtime import HEADLESS_ENVIRONMENT, temporary_environment
 
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -176,7 +176,7 @@ def run_notebooks(
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = repo_root() / "runs" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {"COURSE_HEADLESS": "1", **({"COURSE_FAST": "1"} if fast else {})}
+    env = {**HEADLESS_ENVIRONMENT, **({"COURSE_FAST": "1"} if fast else {})}
     kernel_manager = _quiet_kernel_manager()
 
     results = []
@@ -216,7 +216,7 @@ def execute_in_place(notebook: Path, *, timeout: float | None = None, progress: 
     from nbclient import NotebookClient
 
     from course_lib import freshness
-    from course_lib.runtime import temporary_environment
+    from course_lib.runtime import HEADLESS_ENVIRONMENT, temporary_environment
 
     nb = nbformat.read(notebook, as_version=4)
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
@@ -226,11 +226,12 @@ def execute_in_place(notebook: Path, *, timeout: float | None = None, progress: 
         resources={"metadata": {"path": str(notebook.parent)}}, kernel_manager_class=_quiet_kernel_manager(),
         on_cell_executed=lambda cell, **_: bar.update(cell.cell_type == "code"),
     )
-    with temporary_environment(COURSE_HEADLESS="1", COURSE_FAST="0"):
+    with temporary_environment(**HEADLESS_ENVIRONMENT, COURSE_FAST="0"):
         try:
             client.execute()
         finally:
             bar.close()
+    nb.metadata.pop("widgets", None)  # a headless run has no live widgets: their saved state is only bulk
     freshness.stamp(nb)
     nbformat.write(nb, notebook)
 

@@ -51,6 +51,16 @@ def fast_mode() -> bool:
     return _flag("COURSE_FAST")
 
 
+# The environment of a kernel nobody watches (`run`, `execute`, pytest, the grader): widgets draw
+# static figures, and the Hugging Face libraries show no progress bars, which an executed notebook
+# would otherwise store frame by frame. Set for the whole kernel, deliberately, by whoever starts it.
+HEADLESS_ENVIRONMENT = {
+    "COURSE_HEADLESS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # huggingface_hub, and transformers' "Loading weights"
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' map and downloads
+}
+
+
 def headless() -> bool:
     """Whether nobody is watching the notebook (``COURSE_HEADLESS=1``, set by ``run``, pytest and
     the grader): interactive widgets then draw a static figure instead."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import course_lib
-from course_lib.runtime import repo_root
+from course_lib.runtime import HEADLESS_ENVIRONMENT, repo_root
 
 SANDBOX_UID = 2_000_000  # first user id for sandboxed kernels when grading as root (one per worker)
 _SYSTEM = ("/usr", "/etc", "/sys", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # shown read-only
@@ -69,8 +69,9 @@ def kernel_env() -> dict[str, str]:
     env = {name: os.environ[name] for name in _PASS_THROUGH if name in os.environ}
     env.update(
         COURSE_ROOT=str(repo_root()),  # notebooks/ is hidden: tell course_lib where data/ and checkpoints/ are
+        **HEADLESS_ENVIRONMENT,
         HOME="/tmp", MPLCONFIGDIR="/tmp/matplotlib", IPYTHONDIR="/tmp/ipython", COURSE_FAST="1",
-        COURSE_HEADLESS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
         PYDEVD_DISABLE_FILE_VALIDATION="1",
     )

@@ -84,13 +84,17 @@ def test_exercises_have_checks_with_stored_passing_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_stored_outputs_hold_no_errors_or_warnings(path):
+def test_stored_outputs_hold_no_errors_warnings_or_widgets(path):
     for cell in _code_cells(path):
         for output in cell.outputs:
             assert output.output_type != "error", f"stored error in: {cell.source[:60]!r}"
             assert not (output.output_type == "stream" and output.name == "stderr"), (
                 f"stderr noise a learner would see in: {cell.source[:60]!r}: {output.text[:200]!r}"
             )
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {}), (
+                f"a stored widget (a progress bar?) that a reader sees as 'Loading widget…' in: {cell.source[:60]!r}"
+            )
+    assert "widgets" not in nbformat.read(path, as_version=4).metadata, "leftover widget state in the metadata"
 
 
 @pytest.mark.slow
