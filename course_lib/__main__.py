@@ -10,13 +10,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _run(args: argparse.Namespace) -> int:
-    from course_lib.runner import describe_parameters, find_notebooks, parse_value, run_notebooks, summary
+def _chapters(names: Sequence[str]) -> list[Path] | None:
+    """The notebooks named on the command line, or None after saying which name matched nothing."""
+    from course_lib.runner import find_notebooks
 
     try:
-        notebooks = find_notebooks(args.notebooks)
+        return find_notebooks(names)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from course_lib.runner import describe_parameters, parse_value, run_notebooks, summary
+
+    notebooks = _chapters(args.notebooks)
+    if notebooks is None:
         return 2
     if args.list_parameters:
         print("\n\n".join(describe_parameters(notebook) for notebook in notebooks))
@@ -38,12 +47,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace) -> int:
-    from course_lib.runner import execute_in_place, find_notebooks
+    from course_lib.runner import execute_in_place
 
-    try:
-        notebooks = find_notebooks(args.notebooks)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+    notebooks = _chapters(args.notebooks)
+    if notebooks is None:
         return 2
     for notebook in notebooks:
         start = time.perf_counter()

@@ -95,8 +95,9 @@ def test_list_parameters_shows_types_defaults_and_help(capsys):
     assert "SEED: int = 0" in printed
 
 
-def test_run_rejects_an_unknown_chapter(capsys):
-    assert main(["run", "99_nothing"]) == 2
+@pytest.mark.parametrize("command", ["run", "execute"])
+def test_run_and_execute_reject_an_unknown_chapter(command, capsys):
+    assert main([command, "99_nothing"]) == 2
     assert "no notebook matches '99_nothing'; chapters are: 00_setup" in capsys.readouterr().err
 
 
