@@ -109,11 +109,11 @@ def describe_parameters(notebook: Path) -> str:
     return "\n".join(lines)
 
 
-def check_parameters(notebooks: Sequence[Path], parameters: dict[str, object]) -> None:
+def check_parameters(declared: dict[Path, dict[str, dict[str, str]]], parameters: dict[str, object]) -> None:
     """Refuse a parameter some notebook does not declare (papermill would only warn, and the
-    value would silently change nothing), naming the parameters that notebook has."""
-    for notebook in notebooks:
-        known = notebook_parameters(notebook)
+    value would silently change nothing), naming the parameters that notebook has. ``declared``
+    maps each notebook to its :func:`notebook_parameters`."""
+    for notebook, known in declared.items():
         unknown = [name for name in parameters if name not in known]
         if unknown:
             valid = ", ".join(known) or "none (no cell tagged 'parameters')"
@@ -124,7 +124,7 @@ def check_parameters(notebooks: Sequence[Path], parameters: dict[str, object]) -
 
 
 def _quiet_kernel_manager() -> type:
-    """The kernel manager papermill starts kernels with: local IPC sockets instead of TCP (nothing
+    """The kernel manager `run` (through papermill) and `execute` start kernels with: local IPC sockets instead of TCP (nothing
     listens on a network port, so ipykernel has no unencrypted-TCP warning to print), and no SIGINT
     on shutdown. jupyter_client interrupts a kernel before asking it to stop; after the last cell
     the kernel is idle, and the signal only lands in whatever message it is handling, which
@@ -163,7 +163,7 @@ def run_notebooks(
     notebook's own error; a missing kernel or unreadable file is reported the same way).
 
     Raises ``ValueError`` before running anything when a parameter is not declared by every
-    notebook. With ``progress``, a bar and one line per finished notebook go to stderr."""
+    notebook. With ``progress``, a bar (on stderr) and one line per finished notebook (on stdout)."""
     import papermill  # slow to import (nbformat's schema), so only when running
 
     from course_lib.runtime import HEADLESS_ENVIRONMENT, temporary_environment
@@ -171,7 +171,8 @@ def run_notebooks(
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     params = dict(parameters or {})
-    check_parameters(notebooks, params)
+    declared = {notebook: notebook_parameters(notebook) for notebook in notebooks}
+    check_parameters(declared, params)
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = repo_root() / "runs" / stamp
@@ -186,13 +187,13 @@ def run_notebooks(
             bar.set_postfix_str(notebook.name)
             output = out_dir / notebook.name
             # --fast sets FAST=True in notebooks that declare it (all chapters do)
-            declared = params if not fast or "FAST" not in notebook_parameters(notebook) else {"FAST": True, **params}
+            given = {"FAST": True, **params} if fast and "FAST" in declared[notebook] else params
             start = time.perf_counter()
             try:
                 papermill.execute_notebook(
                     str(notebook),
                     str(output),
-                    parameters=declared,
+                    parameters=given,
                     cwd=str(notebook.parent),
                     progress_bar=False,
                     execution_timeout=timeout,
