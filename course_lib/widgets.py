@@ -99,24 +99,27 @@ def _draw_quantization(weight: torch.Tensor, bits: int, per_channel: bool, symme
     plt.show()
 
 
-def quantization_explorer(weight: torch.Tensor, interactive: bool | None = None):
+def quantization_explorer(weight: torch.Tensor, bits: int = 4, interactive: bool | None = None):
     """Choose bits, per-tensor or per-channel, symmetric or not; see the rounding of a real weight
-    matrix and the error it costs. Static (8 bits, per channel, symmetric) when headless."""
+    matrix and the error it costs. Opens at ``bits`` (4: at 8 the steps are too fine to see), per
+    channel, symmetric; that static figure alone when headless."""
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         raise ValueError(f"weight must be a 2-D tensor (out, in), got {getattr(weight, 'shape', type(weight).__name__)}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int from 2 to 8, got {bits!r}")
     weight = weight.detach().float().cpu()
     if interactive is None:
         interactive = not headless()
     if not interactive:
-        _draw_quantization(weight, 8, True, True)
+        _draw_quantization(weight, bits, True, True)
         return None
 
     import ipywidgets as widgets
 
-    bits = widgets.IntSlider(value=8, min=2, max=8, description="bits")
+    slider = widgets.IntSlider(value=bits, min=2, max=8, description="bits")
     per_channel = widgets.Checkbox(value=True, description="per channel")
     symmetric = widgets.Checkbox(value=True, description="symmetric")
     plot = widgets.interactive_output(
         lambda bits, per_channel, symmetric: _draw_quantization(weight, bits, per_channel, symmetric),
-        {"bits": bits, "per_channel": per_channel, "symmetric": symmetric})
-    return widgets.VBox([widgets.HBox([bits, per_channel, symmetric]), plot])
+        {"bits": slider, "per_channel": per_channel, "symmetric": symmetric})
+    return widgets.VBox([widgets.HBox([slider, per_channel, symmetric]), plot])

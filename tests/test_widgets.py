@@ -48,12 +48,16 @@ def test_quantization_explorer_static_and_interactive(monkeypatch):
     plt.close("all")
     assert widgets.quantization_explorer(weight) is None
     left, right = plt.gcf().axes
-    assert left.get_title() == "8 bits, per channel, symmetric"
+    assert left.get_title() == "4 bits, per channel, symmetric"  # opens where the steps show
     per_tensor, per_channel = (line.get_ydata() for line in right.get_lines()[:2])
     assert all(c >= t for c, t in zip(per_channel, per_tensor))
     plt.close("all")
     monkeypatch.setenv("COURSE_HEADLESS", "0")
     bits, channel, symmetric = widgets.quantization_explorer(weight).children[0].children
-    assert (bits.min, bits.max, bits.value, channel.value, symmetric.value) == (2, 8, 8, True, True)
+    assert (bits.min, bits.max, bits.value, channel.value, symmetric.value) == (2, 8, 4, True, True)
+    assert widgets.quantization_explorer(weight, bits=3).children[0].children[0].value == 3
+    for wrong in (1, 9, 4.0, True):
+        with pytest.raises(ValueError, match=f"bits must be an int from 2 to 8, got {wrong!r}"):
+            widgets.quantization_explorer(weight, bits=wrong)
     with pytest.raises(ValueError, match=r"weight must be a 2-D tensor \(out, in\)"):
         widgets.quantization_explorer(torch.zeros(3))
