@@ -182,14 +182,31 @@ def prepare_movie_reviews(cache: Path | None = None) -> dict[str, Path]:
     return paths
 
 
+def check_labelled_splits(dataset, name: str):
+    """``dataset`` unchanged if it has train, validation and test splits, each with a ``text`` and a
+    ``label`` column and no unlabelled rows (GLUE's test splits carry label -1); otherwise an error
+    that says what is missing, instead of a KeyError deep inside a chapter."""
+    missing = [split for split in ("train", "validation", "test") if split not in dataset]
+    if missing:
+        raise ValueError(f"dataset {name!r} must have train, validation and test splits, got {sorted(dataset)}")
+    for split in ("train", "validation", "test"):
+        columns = dataset[split].column_names
+        if "text" not in columns or "label" not in columns:
+            raise ValueError(f"dataset {name!r} must have 'text' and 'label' columns, its {split} split has {columns}")
+        if min(dataset[split]["label"]) < 0:
+            raise ValueError(f"dataset {name!r}: its {split} split has unlabelled rows (label -1), so it cannot be scored")
+    return dataset
+
+
 def load_movie_reviews(dataset: str = LOCAL_NAME, cache: Path | None = None):
     """The labelled sentences as a ``datasets.DatasetDict`` (train / validation / test; columns
-    text, label, rating, id). ``dataset`` may name a hub data set instead (e.g. ``"stanfordnlp/sst2"``),
-    which needs the network."""
+    text, label, rating, id). ``dataset`` may name a hub data set with the same splits and ``text``
+    and ``label`` columns instead (e.g. ``"cornell-movie-review-data/rotten_tomatoes"``, Pang & Lee's
+    sentence polarity data), which needs the network."""
     from datasets import load_dataset
 
     if dataset != LOCAL_NAME:
-        return load_dataset(dataset)
+        return check_labelled_splits(load_dataset(dataset), dataset)
     paths = prepare_movie_reviews(cache)
     return load_dataset("csv", data_files={name: str(path) for name, path in paths.items()},
                         cache_dir=str((cache or cache_dir()) / "hf-datasets"))

@@ -92,3 +92,21 @@ def test_the_real_movie_reviews(tmp_path_factory):
     assert len(list(data.unlabelled_texts(cache))) > 20_000
     with pytest.raises(ValueError, match="sources must be among"):
         next(data.unlabelled_texts(cache, sources=("poems",)))
+
+
+def test_a_hub_dataset_without_text_labels_or_splits_is_refused_clearly():
+    from datasets import Dataset, DatasetDict
+
+    def splits(**columns):
+        return DatasetDict({name: Dataset.from_dict(columns) for name in ("train", "validation", "test")})
+
+    good = splits(text=["fine", "dull"], label=[1, 0])
+    assert data.check_labelled_splits(good, "ok") is good
+    # SST-2 on the hub: a 'sentence' column, and a test split labelled -1
+    with pytest.raises(ValueError, match=r"dataset 'stanfordnlp/sst2' must have 'text' and 'label' columns, its train split has \['sentence', 'label'\]"):
+        data.check_labelled_splits(splits(sentence=["fine"], label=[1]), "stanfordnlp/sst2")
+    unlabelled = DatasetDict({**good, "test": Dataset.from_dict({"text": ["?"], "label": [-1]})})
+    with pytest.raises(ValueError, match="its test split has unlabelled rows"):
+        data.check_labelled_splits(unlabelled, "glue")
+    with pytest.raises(ValueError, match=r"must have train, validation and test splits, got \['train'\]"):
+        data.check_labelled_splits(DatasetDict({"train": good["train"]}), "one split")
