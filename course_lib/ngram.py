@@ -64,7 +64,7 @@ class NGramCounts:
         return -probability.log().mean().item()
 
     def best_bigram_loss(self, previous: torch.Tensor, targets: torch.Tensor,
-                         weights: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)) -> tuple[float, float]:
+                         weights: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)) -> tuple[float, float]:
         """(loss, weight): the lowest :meth:`bigram_loss` over ``weights``, chosen on these very
         targets — generous to the baseline, so a model that beats it really does better."""
         return min((self.bigram_loss(previous, targets, w), w) for w in weights)
