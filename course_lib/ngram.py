@@ -57,11 +57,9 @@ class NGramCounts:
         where = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
         pair = torch.where(self.pair_keys[where] == keys, self.pair_counts[where], 0).double()
         context = self.context[previous]
-        conditional = torch.where(context > 0, pair / context.clamp_min(1), 0.0)
-        seen = (context > 0).double()
         unigram = self.unigram_log_probs(alpha).exp()[targets]
-        probability = seen * (weight * conditional + (1 - weight) * unigram) + (1 - seen) * unigram
-        return -probability.log().mean().item()
+        mixed = weight * pair / context.clamp_min(1) + (1 - weight) * unigram
+        return -torch.where(context > 0, mixed, unigram).log().mean().item()
 
     def best_bigram_loss(self, previous: torch.Tensor, targets: torch.Tensor,
                          weights: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)) -> tuple[float, float]:
