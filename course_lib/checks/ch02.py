@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
 
 from course_lib.autograd import Value
-from course_lib.checks.verdict import Check, CheckFailed, expect_fields, expect_number, expect_tensor, generator
+from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, expect_fields, expect_number, expect_tensor, generator
 from course_lib.plain import type_name
 
 # The functions 2.1 differentiates, by the name a case carries: (f on a tensor, its derivative).
@@ -143,4 +144,107 @@ class SiLUFunction(Check):
         expect_tensor(grad, expected, f"gradient for x of shape {shape}", atol=1e-10)
 
 
-CHECKS = {c.exercise: c for c in (DerivativeAt(), Sigmoid(), CentralDifference(), SiLUFunction())}
+# A program builds one expression: ("leaf", value), (op, i, j) for "+" and "*", ("**", i, exponent),
+# ("tanh", i) or ("exp", i), where i and j index earlier nodes; the last node is the output.
+_UNARY = {"tanh": torch.tanh, "exp": torch.exp}
+_SHARED = ("a value used twice must receive the sum of both contributions (+=), and a node may pass "
+           "its gradient on only once every use of it has added to it (visit nodes in reverse topological order)")
+
+
+def _random_program(rng: random.Random, n_leaves: int, n_ops: int) -> list:
+    """A random expression whose nodes are reused (shared sub-expressions), values kept moderate."""
+    while True:
+        program: list = [("leaf", round(rng.uniform(-1.5, 1.5), 3)) for _ in range(n_leaves)]
+        for _ in range(n_ops):
+            op = rng.choice(["+", "*", "**", "tanh", "exp", "+", "*"])
+            i = rng.randrange(len(program))
+            if op in ("+", "*"):
+                program.append((op, i, rng.randrange(len(program))))
+            elif op == "**":
+                program.append((op, i, rng.choice([2, 3])))
+            else:
+                program.append((op, i))
+        values = _run_torch(program)[0]
+        if all(abs(v.item()) < 50 for v in values):
+            return program
+
+
+def _run_torch(program: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every node's value and the gradient of the output for every leaf, by torch.autograd (float64)."""
+    nodes: list[torch.Tensor] = []
+    for op, *args in program:
+        if op == "leaf":
+            nodes.append(torch.tensor(float(args[0]), dtype=torch.float64, requires_grad=True))
+        elif op == "+":
+            nodes.append(nodes[args[0]] + nodes[args[1]])
+        elif op == "*":
+            nodes.append(nodes[args[0]] * nodes[args[1]])
+        elif op == "**":
+            nodes.append(nodes[args[0]] ** args[1])
+        else:
+            nodes.append(_UNARY[op](nodes[args[0]]))
+    leaves = [n for n, (op, *_) in zip(nodes, program) if op == "leaf"]
+    grads = torch.autograd.grad(nodes[-1], leaves, allow_unused=True) if nodes[-1].requires_grad else [None] * len(leaves)
+    return nodes, [torch.zeros((), dtype=torch.float64) if g is None else g for g in grads]
+
+
+class ScalarBackward(Check):
+    """``Scalar.backward()``: fill ``.grad`` of every node the output depends on, for ``+ * ** tanh
+    exp``, on expressions that reuse nodes; compared with ``torch.autograd`` in float64. Catches:
+    ``=`` instead of ``+=`` (a node used twice), gradients passed on before they are complete (no
+    topological order), tanh's derivative taken at the input instead of the output, a missing
+    ``out.grad = 1``."""
+
+    exercise = "2.5"
+
+    def cases(self) -> list:
+        named = [
+            ("a lone leaf a (d a/d a = 1)", [("leaf", 0.5)]),
+            ("a + b", [("leaf", 0.5), ("leaf", -2.0), ("+", 0, 1)]),
+            ("a * b", [("leaf", 0.5), ("leaf", -2.0), ("*", 0, 1)]),
+            ("a ** 3", [("leaf", 0.5), ("**", 0, 3)]),
+            ("tanh(a)", [("leaf", 0.5), ("tanh", 0)]),
+            ("exp(a)", [("leaf", 0.5), ("exp", 0)]),
+            ("a * a (one value used twice)", [("leaf", 1.5), ("*", 0, 0)]),
+            ("c = a * b; c * c + tanh(c) (a shared sub-expression)",
+             [("leaf", 0.7), ("leaf", -0.4), ("*", 0, 1), ("*", 2, 2), ("tanh", 2), ("+", 3, 4)]),
+        ]
+        rng = random.Random(25)
+        randoms = [(f"random expression #{n + 1} (nodes reused)", _random_program(rng, 3, 10)) for n in range(6)]
+        return [[name, program] for name, program in named + randoms]
+
+    def probe(self, scalar_class, case):
+        nodes = []
+        for op, *args in case[1]:
+            if op == "leaf":
+                nodes.append(scalar_class(args[0]))
+            elif op == "+":
+                nodes.append(nodes[args[0]] + nodes[args[1]])
+            elif op == "*":
+                nodes.append(nodes[args[0]] * nodes[args[1]])
+            elif op == "**":
+                nodes.append(nodes[args[0]] ** args[1])
+            else:
+                nodes.append(getattr(nodes[args[0]], op)())
+        nodes[-1].backward()
+        return {"out": float(nodes[-1].data),
+                "grads": [float(n.grad) for n, (op, *_) in zip(nodes, case[1]) if op == "leaf"]}
+
+    def judge(self, case, got):
+        name, program = case
+        out, grads = expect_fields(got, "out", "grads")
+        values, expected = _run_torch(program)
+        expect_number(out, values[-1].item(), f"{name}: the output's value", atol=1e-9, rtol=1e-9)
+        if type(grads) is not list or len(grads) != len(expected):
+            raise CheckFailed(UNREADABLE)
+        leaves = "abcdefgh"
+        for index, (g, e) in enumerate(zip(grads, expected)):
+            if type(g) is not float or not math.isclose(g, e.item(), rel_tol=1e-7, abs_tol=1e-9):
+                shown = f"{g:.6g}" if type(g) is float else type_name(g)
+                hint = ("backward() must start with the output's own gradient, 1" if len(program) == 1
+                        else _SHARED if "twice" in name or "shared" in name or "reused" in name
+                        else f"check the local derivative of {program[-1][0]}")
+                raise CheckFailed(f"{name}: gradient of {leaves[index]} is {shown}, expected {e.item():.6g}; {hint}")
+
+
+CHECKS = {c.exercise: c for c in (DerivativeAt(), Sigmoid(), CentralDifference(), SiLUFunction(), ScalarBackward())}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 
 from course_lib.checks.verdict import Check, CheckFailed, call, expect_tensor, expect_unchanged, generator
 from course_lib.plain import Unsupported
@@ -131,4 +134,106 @@ class MeanPool(Check):
                       f"hidden of shape {tuple(hidden.shape)} with padding")
 
 
-CHECKS = {c.exercise: c for c in (WordPiece(), BertEmbed(), MeanPool())}
+# The skeleton's attribute names -> layer 0's names in the bundled checkpoint
+BERT_LAYER_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+                    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm"}
+_SENTENCES = (["The movie was great.", "A dull, lifeless script."], ["Tokenization splits unbelievably long words."])
+
+
+@functools.lru_cache(maxsize=1)
+def _layer0() -> dict[str, torch.Tensor]:
+    """Layer 0 of the bundled all-MiniLM-L6-v2, under the skeleton's names."""
+    from safetensors.torch import load_file
+
+    from course_lib.pretrained import bundled_model_path
+
+    state = load_file(bundled_model_path() / "model.safetensors")
+    return {f"{ours}.{kind}": state[f"encoder.layer.0.{theirs}.{kind}"]
+            for ours, theirs in BERT_LAYER_NAMES.items() for kind in ("weight", "bias")}
+
+
+@functools.lru_cache(maxsize=len(_SENTENCES))
+def _transformers_layer0(sentences: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """transformers' BertModel on ``sentences``: the input of layer 0 (the embeddings), the padding
+    mask and layer 0's output."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    from course_lib.pretrained import bundled_model_path, load_tokenizer
+
+    folder = bundled_model_path()
+    tokenizer, model = load_tokenizer(), BertModel(BertConfig.from_pretrained(folder), add_pooling_layer=False)
+    missing = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False).missing_keys
+    if missing:  # only the pooler's weights may be left over, never one the encoder needs
+        raise RuntimeError(f"the bundled checkpoint lacks {missing[:3]}")
+    model.eval()
+    batch = tokenizer(list(sentences), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    return hidden[0], batch["attention_mask"], hidden[1]
+
+
+def _bert_layer_variant(x: torch.Tensor, mask: torch.Tensor, post_norm: bool = True, gelu: str = "none",
+                        use_mask: bool = True, scale: bool = True, heads: int = 12) -> torch.Tensor:
+    """Layer 0 written out from its weights, with one step optionally wrong."""
+    w = _layer0()
+    lin = lambda name, y: F.linear(y, w[f"{name}.weight"], w[f"{name}.bias"])  # noqa: E731
+    norm = lambda name, y: F.layer_norm(y, y.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], 1e-12)  # noqa: E731
+    b, t, d = x.shape
+    split = lambda y: y.view(b, t, heads, d // heads).transpose(1, 2)  # noqa: E731
+    y = norm("attn_norm", x) if not post_norm else x
+    q, k, v = split(lin("query", y)), split(lin("key", y)), split(lin("value", y))
+    scores = q @ k.transpose(-2, -1) / ((d // heads) ** 0.5 if scale else 1.0)
+    if use_mask:
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    attended = lin("attn_out", (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))
+    if post_norm:
+        h = norm("attn_norm", x + attended)
+        return norm("ffn_norm", h + lin("ffn_out", F.gelu(lin("ffn_in", h), approximate=gelu)))
+    h = x + attended
+    return h + lin("ffn_out", F.gelu(lin("ffn_in", norm("ffn_norm", h)), approximate=gelu))
+
+
+class BertLayerModule(Check):
+    """``MyBertLayer(hidden, heads, intermediate, eps)``: ``forward(x, attention_mask)`` = BERT's
+    post-norm encoder layer, h = LayerNorm(x + attention(x)), out = LayerNorm(h + FFN(h)) with exact
+    (erf) GELU, padding keys masked out; loaded with layer 0 of the bundled all-MiniLM-L6-v2 it must
+    equal transformers' layer 0 to 1e-5. Catches: pre-norm, the tanh approximation of GELU, the
+    padding mask ignored, scores not divided by √d_head."""
+
+    exercise = "5.4"
+
+    def cases(self) -> list:
+        cases = []
+        for sentences in _SENTENCES:
+            x, mask, _ = _transformers_layer0(tuple(sentences))
+            cases.append([list(sentences), x, mask])
+        return cases
+
+    def probe(self, layer_class, case):
+        _, x, mask = case
+        layer = layer_class(384, 12, 1536, 1e-12)
+        with torch.no_grad():
+            for name, value in _layer0().items():
+                module, kind = name.split(".")
+                getattr(getattr(layer, module), kind).copy_(value)
+            return layer.eval()(x, mask)
+
+    def judge(self, case, got):
+        sentences, x, mask = case
+        _, _, expected = _transformers_layer0(tuple(sentences))
+        name = f"{len(sentences)} sentence(s), x {tuple(x.shape)}" + (" with padding" if (mask == 0).any() else "")
+        with torch.no_grad():
+            mistakes = {"the LayerNorms come before the sublayers (pre-norm); BERT is post-norm: "
+                        "LayerNorm(x + sublayer(x))": _bert_layer_variant(x, mask, post_norm=False),
+                        "GELU is the tanh approximation; BERT uses the exact (erf) GELU, F.gelu's default":
+                            _bert_layer_variant(x, mask, gelu="tanh"),
+                        "the scores are not divided by √d_head": _bert_layer_variant(x, mask, scale=False)}
+            if (mask == 0).any():
+                mistakes["the padding mask is ignored (padding keys must get no attention)"] = \
+                    _bert_layer_variant(x, mask, use_mask=False)
+        expect_tensor(got, expected, name, atol=1e-5, rtol=1e-5, mistakes=mistakes)
+
+
+CHECKS = {c.exercise: c for c in (WordPiece(), BertEmbed(), MeanPool(), BertLayerModule())}

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, expect_number, expect_tensor, generator
+from course_lib.checks.verdict import UNREADABLE, Check, CheckFailed, expect_fields, expect_number, expect_tensor, generator
 from course_lib.plain import Unsupported, type_name
 
 
@@ -151,4 +151,96 @@ class Percentile(Check):
         expect_number(got["out"], float(np.percentile(values, q)), described, atol=1e-9, rtol=1e-9)
 
 
-CHECKS = {c.exercise: c for c in (PadBatch(), ValidateTexts(), Percentile())}
+class _FakePredictor:
+    """Stands in for a model in 10.4: texts → (N, 2) probabilities that depend on the text's length."""
+
+    labels = ("negative", "positive")
+    version = "check-10.4"
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if not texts or not all(type(t) is str for t in texts):
+            raise ValueError("the predictor needs a non-empty list of strings")
+        positive = torch.tensor([(len(t) % 7) / 7 + 0.05 for t in texts])
+        return torch.stack([1 - positive, positive], dim=1)
+
+
+def _expected_body(texts: list[str]) -> dict:
+    probabilities = _FakePredictor()(texts)
+    labels = _FakePredictor.labels
+    return {"predictions": [{"label": labels[int(row.argmax())], "probabilities": dict(zip(labels, row.tolist()))}
+                            for row in probabilities], "model_version": _FakePredictor.version}
+
+
+_REQUESTS = [  # (what the request is, JSON body or raw text, the status it must get)
+    ("two texts", {"texts": ["a good film", "dull"]}, 200),
+    ("one string instead of a list", {"texts": "  an astonishing debut  "}, 200),
+    ("an empty list", {"texts": []}, 422),
+    ("33 texts (at most 32)", {"texts": ["fine"] * 33}, 422),
+    ("a text of spaces only", {"texts": ["ok", "   "]}, 422),
+    ("a text of 2,001 characters (at most 2,000)", {"texts": ["x" * 2001]}, 422),
+    ("an unknown key beside texts", {"texts": ["ok"], "extra": 1}, 422),
+    ("numbers instead of texts", {"texts": [1, 2]}, 422),
+    ("no texts at all", {}, 422),
+    ("a body that is not JSON", "texts=hello", 422),
+]
+
+
+class PredictEndpoint(Check):
+    """``make_app(predictor)``: a FastAPI app whose ``POST /predict`` takes ``{"texts": …}`` (a string
+    or a list of 1 to 32 strings, each 1 to 2,000 characters after stripping spaces, no other keys),
+    answers ``{"predictions": [{"label", "probabilities"}], "model_version"}`` from the predictor, and
+    422 for every bad request (a request schema does that). Tested through FastAPI's TestClient.
+    Catches: unknown keys accepted, an empty list or a blank text accepted, a server error (500)
+    instead of 422, the texts not stripped, a response without model_version."""
+
+    exercise = "10.4"
+
+    def cases(self) -> list:
+        return [[name, body] for name, body, _ in _REQUESTS]
+
+    def probe(self, make_app, case):
+        from fastapi.testclient import TestClient
+
+        client = TestClient(make_app(_FakePredictor()), raise_server_exceptions=False)
+        _, body = case
+        response = (client.post("/predict", json=body) if type(body) is dict else
+                    client.post("/predict", content=body, headers={"content-type": "application/json"}))
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        return {"status": response.status_code, "body": payload if response.status_code == 200 else None}
+
+    def judge(self, case, got):
+        name, body = case
+        status, payload = expect_fields(got, "status", "body")
+        want = dict((n, s) for n, _, s in _REQUESTS)[name]
+        if status != want:
+            why = {500: "a server error: validate the request with a pydantic model so FastAPI answers 422",
+                   200: "it was accepted", 404: "no POST /predict route", 405: "/predict does not accept POST"}
+            raise CheckFailed(f"request with {name}: status {status}, expected {want}"
+                              + (f" ({why[status]})" if status in why else ""))
+        if want != 200:
+            return
+        texts = body["texts"] if type(body["texts"]) is list else [body["texts"]]
+        expected = _expected_body([t.strip() for t in texts])
+        if type(payload) is not dict or set(payload) != set(expected):
+            keys = sorted(payload) if type(payload) is dict else type_name(payload)
+            raise CheckFailed(f"request with {name}: the response's keys are {keys}, expected {sorted(expected)}")
+        if payload["model_version"] != expected["model_version"]:
+            raise CheckFailed(f"request with {name}: model_version must be the predictor's version")
+        predictions = payload["predictions"]
+        if type(predictions) is not list or len(predictions) != len(expected["predictions"]):
+            raise CheckFailed(f"request with {name}: expected {len(texts)} predictions, one per text")
+        for i, (p, e) in enumerate(zip(predictions, expected["predictions"])):
+            if type(p) is not dict or set(p) != {"label", "probabilities"} or p["label"] != e["label"]:
+                raise CheckFailed(f"request with {name}: prediction {i} must be {{'label': {e['label']!r}, "
+                                  "'probabilities': {label: probability}} (the predictor gets each text stripped of "
+                                  "surrounding spaces)")
+            for label, value in e["probabilities"].items():
+                expect_number(p["probabilities"].get(label) if type(p["probabilities"]) is dict else None, value,
+                              f"request with {name}: prediction {i}, probability of {label} (of the stripped text)",
+                              atol=1e-6)
+
+
+CHECKS = {c.exercise: c for c in (PadBatch(), ValidateTexts(), Percentile(), PredictEndpoint())}

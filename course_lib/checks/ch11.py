@@ -11,6 +11,7 @@ from course_lib.checks.verdict import (
     Check,
     CheckFailed,
     call,
+    expect_fields,
     expect_number,
     expect_tensor,
     expect_unchanged,
@@ -136,4 +137,66 @@ class RankIndices(Check):
             raise CheckFailed(f"{described}: got {shown}, expected {expected}")
 
 
-CHECKS = {c.exercise: c for c in (AccumulateGradients(), TrainingStateBytes(), RankIndices())}
+def _ddp_model() -> nn.Module:
+    return seeded(114, lambda: nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)))
+
+
+def _one_big_batch(x: torch.Tensor, y: torch.Tensor, lr: float, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """One SGD step on the whole batch: what data parallelism must reproduce (``scale`` makes mistakes)."""
+    model = _ddp_model()
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        return {n: p - lr * scale * p.grad for n, p in model.named_parameters()}
+
+
+class DataParallelStep(Check):
+    """``data_parallel_step(model, x, y, world_size, lr)``: ``world_size`` replicas (deep copies) of
+    ``model``, each computes the mean cross-entropy gradient on its equal shard of the batch; the
+    gradients are averaged across replicas (the all-reduce), then every replica takes the same SGD
+    step; returns the replicas. They must be identical and equal to one step on the whole batch.
+    Catches: gradients summed instead of averaged, no all-reduce (each replica steps on its own
+    shard), one shared model instead of copies, the input model changed."""
+
+    exercise = "11.4"
+
+    def cases(self) -> list:
+        g = generator(114)
+        return [[torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g), world, 0.5]
+                for n, world in ((8, 2), (12, 4), (6, 1))]
+
+    def probe(self, data_parallel_step, case):
+        x, y, world, lr = case
+        model = _ddp_model()
+        replicas = data_parallel_step(model, x, y, world, lr)
+        return {"replicas": [{n: p.detach().clone() for n, p in r.named_parameters()} for r in replicas],
+                "original": {n: p.detach().clone() for n, p in model.named_parameters()}}
+
+    def judge(self, case, got):
+        x, y, world, lr = case
+        replicas, original = expect_fields(got, "replicas", "original")
+        name = f"a batch of {len(x)} on {world} replica{'s' if world > 1 else ''}"
+        expected = _one_big_batch(x, y, lr)
+        if type(replicas) is not list or len(replicas) != world:
+            raise CheckFailed(f"{name}: expected a list of {world} replicas, got "
+                              f"{len(replicas) if type(replicas) is list else type_name(replicas)}")
+        for rank, params in enumerate(replicas):
+            if type(params) is not dict or set(params) != set(expected):
+                raise CheckFailed(UNREADABLE)
+            for key, value in expected.items():
+                mistakes = {} if world == 1 else {
+                    f"the gradients are summed over the {world} replicas (or one model serves every rank); the "
+                    "all-reduce must average them": _one_big_batch(x, y, lr, scale=world)[key],
+                    f"replica {rank} steps on its own shard's gradient only; average the gradients across the "
+                    "replicas (the all-reduce) before the step":
+                        _one_big_batch(x.chunk(world)[rank], y.chunk(world)[rank], lr)[key]}
+                expect_tensor(params[key], value, f"{name}: replica {rank}'s {key} after the step (one step on the "
+                              "whole batch gives the reference)", atol=1e-6, rtol=1e-5, mistakes=mistakes)
+        start = dict(_ddp_model().named_parameters())
+        if type(original) is not dict or set(original) != set(start):
+            raise CheckFailed(UNREADABLE)
+        for key, value in start.items():
+            expect_tensor(original[key], value.detach(), f"{name}: the model passed in ({key}) must stay unchanged; "
+                          "train deep copies (copy.deepcopy)", atol=0, rtol=0)
+
+
+CHECKS = {c.exercise: c for c in (AccumulateGradients(), TrainingStateBytes(), RankIndices(), DataParallelStep())}

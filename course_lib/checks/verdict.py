@@ -199,9 +199,12 @@ def expect_fields(got: Any, *keys: str) -> list[Any]:
     return [got[key] for key in keys]
 
 
-def expect_tensor(got: Any, expected: torch.Tensor, case: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+def expect_tensor(got: Any, expected: torch.Tensor, case: str, atol: float = 1e-5, rtol: float = 1e-4,
+                  mistakes: dict[str, torch.Tensor] | None = None) -> None:
     """Fail with a message naming the case unless ``got`` matches ``expected`` in type, shape,
-    dtype and values (NaN only where the reference has NaN)."""
+    dtype and values (NaN only where the reference has NaN). ``mistakes`` maps a hint ("the scores
+    were not divided by √d") to what that mistake computes: when the values match one, the
+    failure says which, so a learner knows what to fix."""
     if not isinstance(got, torch.Tensor):
         raise CheckFailed(f"{case}: expected a torch.Tensor, got {type_name(got)}")
     if got.shape != expected.shape:
@@ -211,6 +214,9 @@ def expect_tensor(got: Any, expected: torch.Tensor, case: str, atol: float = 1e-
     if got.is_floating_point() and torch.isnan(got).any() and not torch.isnan(expected).any():
         raise CheckFailed(f"{case}: output contains NaN")
     if not torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
+        for hint, wrong in (mistakes or {}).items():
+            if wrong.shape == got.shape and torch.allclose(got, wrong.to(got.dtype), atol=atol, rtol=rtol):
+                raise CheckFailed(f"{case}: values differ from the reference; they are what you get when {hint}")
         raise CheckFailed(f"{case}: values differ from the reference")
 
 
