@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
+from numbers import Integral
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -34,7 +35,8 @@ PALETTE = {
     "coming": "#ffffff",  # chapters not written yet
     "edge": "#5f6368",  # box edges and arrows
     "link": "#1a73e8",  # extra arrows (a prerequisite that is not the previous chapter) and highlights
-    "accent": "#c5221f",  # warnings: clipping, masking
+    "allowed": "#8ab4f8",  # attention masks: the query may attend to the key
+    "accent": "#c5221f",  # warnings: clipping
     "muted": "#9aa0a6",  # dashed, lighter: what is not there (yet)
     "text": "#202124",
 }
@@ -94,18 +96,16 @@ def _arrow(
     *,
     colour: str | None = None,
     dashed: bool = False,
-    rad: float = 0.0,
-    style: str = "-|>",
     fontsize: float = 7.5,
     text_offset: tuple[float, float] = (0.0, 0.0),
 ) -> None:
-    """An arrow from ``start`` to ``end`` (straight, or an arc for ``rad`` != 0); ``text`` sits on its
-    middle (moved by ``text_offset``) on a white background."""
+    """A straight arrow from ``start`` to ``end``; ``text`` sits on its middle (moved by
+    ``text_offset``) on a white background."""
     colour = colour or PALETTE["edge"]
     ax.annotate(
         "", xy=end, xytext=start, zorder=1,
-        arrowprops=dict(arrowstyle=style, color=colour, lw=1.1, shrinkA=0, shrinkB=0, mutation_scale=10,
-                        linestyle="--" if dashed else "-", connectionstyle=f"arc3,rad={rad}"),
+        arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, shrinkA=0, shrinkB=0, mutation_scale=10,
+                        linestyle="--" if dashed else "-"),
     )
     if text:
         x = (start[0] + end[0]) / 2 + text_offset[0]
@@ -129,11 +129,12 @@ def _add(ax: Axes, xy: tuple[float, float], radius: float = 0.14) -> None:
 
 
 def _symbol(value: object, name: str) -> str:
-    """A dimension printed in a diagram: an int (not a bool) > 0 or a non-empty string."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, int) and value < 1) \
-            or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{name} must be an int >= 1 or a non-empty string, got {value!r}")
-    return str(value)
+    """A dimension printed in a diagram: an int >= 1 (not a bool), or a non-empty string (a symbol)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, Integral) and not isinstance(value, bool) and value >= 1:
+        return str(int(value))
+    raise ValueError(f"{name} must be an int >= 1 or a non-empty string, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,10 +200,10 @@ def course_map() -> Figure:
             _arrow(ax, (col[c] + bw / 2, row[band] + 0.06), (col[next_c] - bw / 2, row[band] + 0.06),
                    colour=colour, dashed=coming)
         else:
-            enter = col[0] + (0.45 if band == 1 else -0.25)
-            _route(ax, [(col[c] + bw / 2, row[band]), (gutter[c], row[band]), (gutter[c], lane(band, 1 if band == 1 else 2)),
-                        (enter, lane(band, 1 if band == 1 else 2)), (enter, row[next_band] + bh / 2)],
-                   colour=colour, dashed=coming)
+            # 06 -> 07 enters right of 05 -> 07 and runs below it, so the two do not cross
+            enter, y_lane = (col[0] + 0.45, lane(1, 1)) if band == 1 else (col[0] - 0.25, lane(band, 2))
+            _route(ax, [(col[c] + bw / 2, row[band]), (gutter[c], row[band]), (gutter[c], y_lane), (enter, y_lane),
+                        (enter, row[next_band] + bh / 2)], colour=colour, dashed=coming)
 
     # extra prerequisites
     link = PALETTE["link"]
@@ -213,8 +214,8 @@ def course_map() -> Figure:
         _route(ax, [(col[0] + bw / 2, row[2] + low), (gutter[0], row[2] + low), (gutter[0], lane(2, k)),
                     (gutter[target - 1], lane(2, k)), (gutter[target - 1], row[2] + low),
                     (col[target] - bw / 2, row[2] + low)], colour=link)
-    _route(ax, [(col[0] - bw / 2, row[1]), (left_gutter, row[1]), (left_gutter, row[3]), (col[0] - bw / 2, row[3])],
-           colour=link, dashed=True)  # 04 -> 12
+    _route(ax, [(col[0] - bw / 2, row[1]), (left_gutter, row[1]), (left_gutter, row[3]),
+                (col[0] - bw / 2, row[3])], colour=link, dashed=True)  # 04 -> 12
 
     legend = [
         ("→", PALETTE["edge"], "the next chapter"),
@@ -242,13 +243,15 @@ def _draw_transformer_block(ax: Axes, norm: str) -> None:
         raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
     width = ax.get_xlim()[1]
     x = width / 2
-    ln, mha, drop, mlp = ("LayerNorm", "norm"), ("multi-head attention", "attention"), ("dropout", "layer"), \
-        ("MLP: Linear → GELU → Linear", "layer")
+    x_in, out = ("input x  (B, T, D)", "data"), ("output  (B, T, D)", "data")
+    ln, mha, drop = ("LayerNorm", "norm"), ("multi-head attention", "attention"), ("dropout", "layer")
+    mlp = ("MLP: Linear → GELU → Linear", "layer")
+    # nodes from the top; a branch (first node, the "add" it ends in) has the residual drawn around it
     if norm == "pre":  # the LayerNorm inside each branch, before the sublayer
-        nodes = [("input x  (B, T, D)", "data"), ln, mha, drop, "add", ln, mlp, drop, "add", ("output  (B, T, D)", "data")]
+        nodes = [x_in, ln, mha, drop, "add", ln, mlp, drop, "add", out]
         branches = [(1, 4, "attention sublayer"), (5, 8, "MLP sublayer")]
     else:  # the LayerNorm on the main path, after each addition
-        nodes = [("input x  (B, T, D)", "data"), mha, drop, "add", ln, mlp, drop, "add", ln, ("output  (B, T, D)", "data")]
+        nodes = [x_in, mha, drop, "add", ln, mlp, drop, "add", ln, out]
         branches = [(1, 3, "attention sublayer"), (5, 7, "MLP sublayer")]
     top = ax.get_ylim()[1] - 0.35
     pitch = (top - 0.35) / (len(nodes) - 1)
@@ -324,8 +327,10 @@ def attention_shapes(batch: int | str = "B", tokens: int | str = "T", d_model: i
     """The shapes through multi-head attention, left to right: x, the Q/K/V projections, the split
     into heads, the scores Q Kᵀ / √(D/H), the softmax over keys, weights @ V, the merge of the heads
     and the output projection. The arguments are the symbols (or sizes) printed."""
-    b, t, d, h = (_symbol(v, n) for v, n in ((batch, "batch"), (tokens, "tokens"), (d_model, "d_model"), (heads, "heads")))
-    if isinstance(d_model, int) and isinstance(heads, int):
+    b, t, d, h = (_symbol(v, n) for v, n in ((batch, "batch"), (tokens, "tokens"), (d_model, "d_model"),
+                                              (heads, "heads")))
+    if d.isdigit() and h.isdigit():
+        d_model, heads = int(d), int(h)
         if d_model % heads:
             raise ValueError(f"d_model must be divisible by heads, got d_model={d_model}, heads={heads}")
         dh = str(d_model // heads)
@@ -385,11 +390,12 @@ def attention_shapes(batch: int | str = "B", tokens: int | str = "T", d_model: i
     return fig
 
 
-def attention_masks(n: int = 6, padding: int = 2) -> Figure:
+def attention_masks(n: int = 6, padding: int | None = None) -> Figure:
     """BERT's and GPT's attention masks side by side as n × n grids (1: the query may attend to the
-    key), and a padding mask whose last ``padding`` keys are [PAD] (no third panel when 0)."""
+    key), and a padding mask whose last ``padding`` keys are [PAD]: 2 by default (1 when n is 2), no
+    third panel when 0."""
     n = require_int("n", n, at_least=2)
-    padding = require_int("padding", padding, at_least=0)
+    padding = min(2, n - 1) if padding is None else require_int("padding", padding, at_least=0)
     if padding >= n:
         raise ValueError(f"padding must be < n (at least one real token), got padding={padding}, n={n}")
     masks = [("BERT: bidirectional\n(every token sees every token)", np.ones((n, n))),
@@ -399,7 +405,7 @@ def attention_masks(n: int = 6, padding: int = 2) -> Figure:
         pad[:, n - padding:] = 0
         masks.append((f"padding mask\n(the last {padding} keys are [PAD])", pad))
     fig, axes = plt.subplots(1, len(masks), figsize=(3.3 * len(masks), 3.9), layout="constrained")
-    cmap = ListedColormap(["white", "#8ab4f8"])
+    cmap = ListedColormap(["white", PALETTE["allowed"]])
     for ax, (title, mask) in zip(axes, masks):
         ax.imshow(mask, cmap=cmap, vmin=0, vmax=1)
         ax.set_xticks(np.arange(-0.5, n, 1), minor=True)
@@ -451,7 +457,8 @@ def token_splits(words: Sequence[tuple[str, Sequence[str]]], title: str = "How t
     real tokenizer's output, e.g. ``[(w, tokenizer.tokenize(w)) for w in words]``). Pieces that
     continue a word (WordPiece's ``##``) are coloured differently from pieces that start one."""
     splits = _check_splits(words)
-    char, pad, gap, width_budget = 0.085, 0.2, 0.35, 9.4  # inches: a monospace character at 10 pt, ...
+    # inches: one monospace character at 10 pt, a piece's padding, the gap between words, a line's width
+    char, pad, gap, width_budget = 0.085, 0.2, 0.35, 9.4
 
     def piece_width(piece: str) -> float:
         return char * len(piece) + pad
@@ -471,7 +478,7 @@ def token_splits(words: Sequence[tuple[str, Sequence[str]]], title: str = "How t
     widest = max(sum(groups[i][3] for i in line) + gap * (len(line) - 1) for line in lines)
     width = max(6.0, widest + 0.6)
     line_height = 1.25
-    height = 0.4 + line_height * len(lines) + 0.35
+    height = 0.4 + line_height * len(lines) + 0.45
     fig, (ax,) = _panels(1, width, height, [title])
     for row, line in enumerate(lines):
         y_word = height - 0.4 - 0.3 - row * line_height
@@ -560,11 +567,12 @@ def gpt_architecture() -> Figure:
 # 6. LoRA
 
 
-def _matrix_sizes(d_in: int | str, d_out: int | str, r: int | str) -> tuple[float, float, float]:
-    """Drawn lengths (inches) of d_in, d_out and r: in proportion when all three are ints, clamped so
-    the thin side stays visible; a nominal r ≪ d otherwise."""
+def _matrix_sizes(sizes: tuple[int, int, int] | None) -> tuple[float, float, float]:
+    """Drawn lengths (inches) of d_in, d_out and r: in proportion when the sizes are known, clamped
+    so that the thin side stays visible; a nominal r ≪ d for symbols (``sizes`` None)."""
     big = 1.7
-    if all(isinstance(v, int) for v in (d_in, d_out, r)):
+    if sizes is not None:
+        d_in, d_out, r = sizes
         largest = max(d_in, d_out)
         return (max(big * d_in / largest, 0.35), max(big * d_out / largest, 0.35),
                 min(max(big * r / largest, 0.14), big))
@@ -576,9 +584,10 @@ def lora_update(d_in: int | str = "d", d_out: int | str = "k", r: int | str = "r
     (r × d_in, random init) then B (d_out × r, zeros at init), scaled by α/r; the two are added:
     h = W x + (α/r)·B A x. Matrices are drawn in proportion to their shapes."""
     din, dout, rr = _symbol(d_in, "d_in"), _symbol(d_out, "d_out"), _symbol(r, "r")
-    if all(isinstance(v, int) for v in (d_in, d_out, r)) and r > min(d_in, d_out):
-        raise ValueError(f"r must be <= min(d_in, d_out), got r={r}, d_in={d_in}, d_out={d_out}")
-    wi, wo, wr = _matrix_sizes(d_in, d_out, r)
+    sizes = (int(din), int(dout), int(rr)) if all(v.isdigit() for v in (din, dout, rr)) else None
+    if sizes is not None and sizes[2] > min(sizes[:2]):
+        raise ValueError(f"r must be <= min(d_in, d_out), got r={rr}, d_in={din}, d_out={dout}")
+    wi, wo, wr = _matrix_sizes(sizes)
     fig, (ax,) = _panels(1, 10, 5.0, ["LoRA: a frozen W plus a trainable low-rank update"])
     y_top, y_bottom, y_mid = 3.45, 1.35, 2.4
     x_in, x_w, x_a, x_b, x_scale, x_add, x_h = 0.55, 3.1, 2.55, 4.55, 5.9, 7.0, 8.55
@@ -619,11 +628,11 @@ def lora_update(d_in: int | str = "d", d_out: int | str = "k", r: int | str = "r
 
     trainable = f"trainable: r·(d_in + d_out) = {rr}·({din} + {dout})"
     frozen = f"frozen: d_in·d_out = {din}·{dout}"
-    if all(isinstance(v, int) for v in (d_in, d_out, r)):
-        trainable += f" = {r * (d_in + d_out):,}"
-        frozen += f" = {d_in * d_out:,}"
-    ax.text(x_scale - 0.45, 0.5, f"{trainable}\n{frozen}\nB = 0 at init, so h = W x exactly", ha="left", va="center",
-            fontsize=8, color=PALETTE["text"],
+    if sizes is not None:
+        trainable += f" = {sizes[2] * (sizes[0] + sizes[1]):,}"
+        frozen += f" = {sizes[0] * sizes[1]:,}"
+    ax.text(x_scale - 0.45, 0.5, f"{trainable}\n{frozen}\nB = 0 at init, so h = W x exactly", ha="left",
+            va="center", fontsize=8, color=PALETTE["text"],
             bbox=dict(facecolor=PALETTE["band"], edgecolor=PALETTE["muted"], boxstyle="round,pad=0.4"))
     return fig
 
@@ -672,9 +681,9 @@ def quantization_grid(bits: int = 3, x_max: float = 1.0) -> Figure:
                 color=PALETTE["edge"])
 
     if bits <= 5:  # the step between two grid points; too small to draw for more bits
-        ax.annotate("", xy=(scale, 0.22), xytext=(0, 0.22),
+        ax.annotate("", xy=(-scale, 0.22), xytext=(0, 0.22),
                     arrowprops=dict(arrowstyle="<->", color=PALETTE["text"], lw=1, shrinkA=0, shrinkB=0))
-        ax.text(scale / 2, 0.3, "s", ha="center", va="bottom", fontsize=9, color=PALETTE["text"])
+        ax.text(-scale / 2, 0.3, "s", ha="center", va="bottom", fontsize=9, color=PALETTE["text"])
 
     examples = [-0.8, -0.4, 0.45, 0.85, 1.25]  # times x_max; the last one is clipped
     for i, fraction in enumerate(examples):
@@ -776,7 +785,8 @@ def _draw_parallel(ax: Axes, world: int, sharded: bool) -> None:
     if sharded:
         bar(y_gather, "all-gather parameters before each layer's forward and backward")
         bar(y_reduce, "reduce-scatter: each rank gets its shard of the averaged gradients")
-        memory = f"memory per rank: 16 / {world} = {16 / world:.3g} bytes per parameter\n(+ one gathered layer at a time)"
+        memory = (f"memory per rank: 16 / {world} = {16 / world:.3g} bytes per parameter\n"
+                  "(+ one gathered layer at a time)")
     else:
         bar(y_gather, "no parameter traffic: every rank holds the full model", faint=True)
         bar(y_reduce, "all-reduce: average the gradients (every rank gets all of them)")
@@ -845,11 +855,24 @@ def mlp_diagram(sizes: Sequence[int] = (64, 128, 10)) -> Figure:
     for (x0, _, _), w0, (x1, _, _), w1 in zip(chain, box_w, chain[1:], box_w[1:]):
         _arrow(ax, (x0 + w0 / 2, y_chain), (x1 - w1 / 2, y_chain))
     parameters = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-    terms = " + ".join(f"{a}·{b} + {b}" for a, b in zip(sizes, sizes[1:]))
+    terms = "\n+ ".join(f"{a}·{b} + {b}" for a, b in zip(sizes, sizes[1:]))  # weights + biases, per layer
     loop = ("training loop, for each batch:\n"
             "zero_grad → forward → loss\n→ backward → step\n\n"
             "model.eval() for validation\n(and torch.no_grad())\n\n"
-            f"parameters:\n{textwrap.fill(terms, 28)}\n= {parameters:,}")
+            f"parameters:\n{terms}\n= {parameters:,}")
     ax.text(6.75, y_centre, loop, ha="left", va="center", fontsize=8, linespacing=1.35,
             bbox=dict(facecolor=PALETTE["band"], edgecolor=PALETTE["muted"], boxstyle="round,pad=0.5"))
     return fig
+
+
+def course_map_svg() -> bytes:
+    """:func:`course_map` as SVG bytes that depend only on the drawing (no date, fixed ids), so the
+    copy in ``docs/course_map.svg`` that the README shows can be checked for being current."""
+    import io
+
+    with plt.rc_context({"svg.hashsalt": "llm-course", "svg.fonttype": "path"}):
+        fig = course_map()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+        plt.close(fig)
+    return buffer.getvalue()

@@ -169,6 +169,20 @@ def mask_token_effect(model: nn.Module, tokenizer: Any, text: str, position: int
     return float(probabilities[1, predicted] - probabilities[0, predicted])
 
 
+def masking_effects(model: nn.Module, tokenizer: Any, text: str) -> tuple[list[str], torch.Tensor]:
+    """(word-pieces with [CLS] and [SEP], one effect each): :func:`mask_token_effect` for every
+    word-piece at once (one batch: the sentence, then one copy per word-piece with it masked); 0.0
+    for [CLS] and [SEP], which are never masked. The most negative effect marks the word-piece the
+    prediction leans on most — the referee for saliency and attention."""
+    batch = _encode_one(model, tokenizer, text)
+    n = batch["input_ids"].shape[1]
+    probabilities = _probabilities(model, _masked_copies(batch, list(range(1, n - 1)), _mask_id(tokenizer)))
+    predicted = int(probabilities[0].argmax())
+    effects = torch.zeros(n)
+    effects[1:n - 1] = probabilities[1:, predicted] - probabilities[0, predicted]
+    return _tokens(tokenizer, batch["input_ids"]), effects
+
+
 @dataclass(frozen=True)
 class AttentionVsSaliency:
     """One sentence's word-pieces, [CLS] attention and saliency, and the measured effect (change of

@@ -133,6 +133,41 @@ def linear_bytes(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# An int8 layer written out
+
+
+class Int8DynamicLinear(nn.Module):
+    """An ``nn.Linear`` with int8 weights (symmetric, one scale per output channel) whose input is
+    quantized on every call (symmetric int8, one scale per token), multiplied as integers with int32
+    accumulation and rescaled by both scales: dynamic quantization written out, the computation
+    ``torch.ao``'s and torchao's int8 dynamic layers run with faster kernels. A channel or token of
+    zeros gives exact zeros (its scale is clamped, never 0)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_scale", weight.abs().amax(dim=1).clamp_min(1e-12) / 127)
+        self.register_buffer("qweight", torch.round(weight / self.weight_scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point() or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must be a float tensor (..., {self.in_features}), got {x.dtype} {tuple(x.shape)}")
+        scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127
+        qx = torch.round(x / scale).clamp(-127, 127).to(torch.int8)
+        # int32 accumulation: a sum of in_features products of two int8 values cannot overflow it
+        acc = qx.reshape(-1, self.in_features).to(torch.int32) @ self.qweight.to(torch.int32).T
+        out = acc.reshape(*x.shape[:-1], self.out_features).to(x.dtype) * scale * self.weight_scale
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ---------------------------------------------------------------------------------------------
 # The library routes: legacy torch.ao and torchao
 
 

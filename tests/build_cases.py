@@ -410,7 +410,7 @@ def _lora_class(b_init="zeros", divide=True, freeze=True, merge_scaled=True):
     class LoRA(nn.Module):
         def __init__(self, base, r, alpha):
             super().__init__()
-            self.base = base
+            self.base_layer = base
             if freeze:
                 base.requires_grad_(False)
             self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
@@ -421,17 +421,17 @@ def _lora_class(b_init="zeros", divide=True, freeze=True, merge_scaled=True):
             self.merged = False
 
         def forward(self, x):
-            out = self.base(x)
+            out = self.base_layer(x)
             return out if self.merged else out + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
 
         @torch.no_grad()
         def merge(self):
-            self.base.weight += (self.scaling if merge_scaled else 1) * self.lora_B @ self.lora_A
+            self.base_layer.weight += (self.scaling if merge_scaled else 1) * self.lora_B @ self.lora_A
             self.merged = True
 
         @torch.no_grad()
         def unmerge(self):
-            self.base.weight -= (self.scaling if merge_scaled else 1) * self.lora_B @ self.lora_A
+            self.base_layer.weight -= (self.scaling if merge_scaled else 1) * self.lora_B @ self.lora_A
             self.merged = False
 
     return LoRA

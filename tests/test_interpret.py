@@ -149,6 +149,14 @@ def test_attention_vs_saliency_masks_the_top_token_of_each(tiny, tokenizer):
         (result.top_attention, result.top_saliency, result.top_attention_effect, result.top_saliency_effect)
 
 
+
+def test_masking_effects_are_mask_token_effect_for_every_word_piece(tiny, tokenizer):
+    tokens, effects = interpret.masking_effects(tiny, tokenizer, TEXT)
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and len(effects) == len(tokens)
+    assert effects[0] == 0.0 and effects[-1] == 0.0
+    for position in range(1, len(tokens) - 1):
+        assert effects[position].item() == pytest.approx(interpret.mask_token_effect(tiny, tokenizer, TEXT, position), abs=1e-6)
+
 # ---------------------------------------------------------------------------------------------
 # Edits
 

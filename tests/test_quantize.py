@@ -137,3 +137,62 @@ def test_fixed_shape_batches_and_side_by_side_latency():
     assert [t.name for t in timings] == ["fp32", "int8"] and all(len(t.times) == 2 for t in timings)
     with pytest.raises(ValueError, match="batch must be an int >= 1, got 0"):
         Q.fixed_shape_batch(tokenizer, ["x"], 0, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Int8DynamicLinear: the int8 layer written out
+
+
+def _int8_inputs(seed=0, d_in=64, d_out=32):
+    g = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(d_out, d_in, generator=g) * 0.05)
+        linear.bias.copy_(torch.randn(d_out, generator=g) * 0.1)
+    return linear, torch.randn(3, 7, d_in, generator=g)
+
+
+def test_int8_linear_is_the_integer_arithmetic_it_claims():
+    linear, x = _int8_inputs()
+    layer = Q.Int8DynamicLinear(linear)
+    assert layer.qweight.dtype == torch.int8 and layer.weight_scale.shape == (32,)
+    w_scale = linear.weight.detach().abs().amax(1) / 127
+    x_scale = x.abs().amax(-1, keepdim=True) / 127
+    qw = torch.round(linear.weight.detach() / w_scale[:, None]).clamp(-127, 127)
+    qx = torch.round(x / x_scale).clamp(-127, 127)
+    expected = (qx.double() @ qw.double().T) * x_scale.double() * w_scale.double() + linear.bias.double()
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_linear_is_close_to_fp32_and_to_torch_ao():
+    """Stated tolerances: within 2% of fp32 (relative Frobenius error), and within 3% of torch.ao's
+    dynamic int8 Linear, which quantizes per tensor and its activations asymmetrically."""
+    import warnings
+
+    linear, x = _int8_inputs(1)
+    with torch.no_grad():
+        reference = linear(x)
+        ours = Q.Int8DynamicLinear(linear)(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ao = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)(x)
+    relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert relative(ours, reference) < 0.02
+    assert relative(ao, reference) < 0.02
+    assert relative(ours, ao) < 0.03
+
+
+def test_int8_linear_handles_zero_rows_and_tokens_and_refuses_bad_input():
+    linear, x = _int8_inputs(2, d_in=8, d_out=4)
+    with torch.no_grad():
+        linear.weight[0] = 0.0
+    x[0, 0] = 0.0
+    layer = Q.Int8DynamicLinear(linear)
+    out = layer(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[..., 0], linear.bias[0].expand(out.shape[:-1]).detach())
+    torch.testing.assert_close(out[0, 0], linear.bias.detach())
+    with pytest.raises(TypeError, match="linear must be an nn.Linear, got Conv1d"):
+        Q.Int8DynamicLinear(torch.nn.Conv1d(2, 2, 1))
+    with pytest.raises(ValueError, match=r"x must be a float tensor \(\.\.\., 8\), got torch.float32 \(2, 5\)"):
+        layer(torch.randn(2, 5))

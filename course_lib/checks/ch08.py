@@ -128,10 +128,10 @@ def _peft_output(d_in: int, d_out: int, r: int, alpha: float, a: torch.Tensor, b
 
 
 class LoRALinearModule(Check):
-    """``MyLoRALinear(base, r, alpha)``: ``base`` frozen, ``lora_A`` (r, in) random like
+    """``MyLoRALinear(base, r, alpha)``: ``base_layer`` frozen, ``lora_A`` (r, in) random like
     ``nn.Linear`` (kaiming_uniform_ with a=√5), ``lora_B`` (out, r) zero, ``scaling`` = alpha / r;
     forward = base(x) + scaling · x Aᵀ Bᵀ, equal to peft's LoRA layer with the same A and B;
-    ``merge()`` folds scaling · B A into base.weight and ``unmerge()`` takes it out again. Catches: B
+    ``merge()`` folds scaling · B A into base_layer.weight and ``unmerge()`` takes it out again. Catches: B
     initialised random (the wrapped layer no longer starts as the base layer), A zero (nothing
     learns), the base left trainable, alpha not divided by r, merge without the scaling, unmerge
     that does not restore the weight."""
@@ -157,9 +157,9 @@ class LoRALinearModule(Check):
             layer.lora_B.copy_(b)
             got["output"] = layer(x)
             layer.merge()
-            got["merged_weight"], got["merged"] = layer.base.weight.detach().clone(), layer(x)
+            got["merged_weight"], got["merged"] = layer.base_layer.weight.detach().clone(), layer(x)
             layer.unmerge()
-            got["unmerged_weight"], got["unmerged"] = layer.base.weight.detach().clone(), layer(x)
+            got["unmerged_weight"], got["unmerged"] = layer.base_layer.weight.detach().clone(), layer(x)
         return got
 
     def judge(self, case, got):
@@ -169,7 +169,7 @@ class LoRALinearModule(Check):
         init_a, init_b, trainable, initial, output, merged_weight, merged, unmerged_weight, unmerged = expect_fields(
             got, "A", "B", "trainable", "initial", "output", "merged_weight", "merged", "unmerged_weight", "unmerged")
         base = _base_linear(d_in, d_out)
-        expected_trainable = {"base.weight": False, "base.bias": False, "lora_A": True, "lora_B": True}
+        expected_trainable = {"base_layer.weight": False, "base_layer.bias": False, "lora_A": True, "lora_B": True}
         if trainable != expected_trainable:
             raise CheckFailed(f"{name}: requires_grad by parameter name should be {expected_trainable}, got {trainable}")
         expect_tensor(init_a, torch.zeros(r, d_in), f"{name}: lora_A", atol=float("inf"), rtol=0)
@@ -186,10 +186,10 @@ class LoRALinearModule(Check):
             wrong = base(x) + alpha * (x @ a.T @ b.T)
             expect_tensor(output, expected, f"{name}: output with A and B set (peft's LoRA layer gives the reference)",
                           mistakes={"the update is scaled by alpha instead of alpha / r": wrong})
-            expect_tensor(merged_weight, base.weight + scaling * (b @ a), f"{name}: base.weight after merge()",
+            expect_tensor(merged_weight, base.weight + scaling * (b @ a), f"{name}: base_layer.weight after merge()",
                           mistakes={"the merged update lacks the scaling alpha / r": base.weight + b @ a})
             expect_tensor(merged, expected, f"{name}: output after merge() (the LoRA branch must be skipped once merged)")
-            expect_tensor(unmerged_weight, base.weight, f"{name}: base.weight after merge() then unmerge()", atol=1e-6)
+            expect_tensor(unmerged_weight, base.weight, f"{name}: base_layer.weight after merge() then unmerge()", atol=1e-6)
             expect_tensor(unmerged, expected, f"{name}: output after unmerge()")
 
 
