@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_grader import ATTENTION, CAUSAL, HOSTILE, SPLIT, _submission  # noqa: E402 (the attacks are the tests')
+from tests.test_grader import FULL_04, HOSTILE, SOLVED_04, _submission  # noqa: E402 (the attacks are the tests')
 
 
 def main() -> int:
@@ -36,7 +36,7 @@ def main() -> int:
         for number in range(args.class_size):
             kind = number % 3
             if kind == 0:
-                cells = {"4.1": ATTENTION, "4.2": CAUSAL, "4.3": SPLIT}
+                cells = SOLVED_04  # the three drills and the two build exercises
             elif kind == 1:
                 cells = {}
             else:
@@ -59,7 +59,7 @@ def main() -> int:
     earned = {}
     for row in rows:
         earned[row["submission"]] = earned.get(row["submission"], 0) + int(row["points"])
-    solved = sum(1 for i, s in enumerate(submissions) if i % 3 == 0 and earned[str(s)] == 3)
+    solved = sum(1 for i, s in enumerate(submissions) if i % 3 == 0 and earned[str(s)] == sum(FULL_04.values()))
     others = sum(earned[str(s)] for i, s in enumerate(submissions) if i % 3)
     print(result.stdout.splitlines()[0])
     print(f"{args.class_size} submissions of 04_attention ({hostile} hostile), {args.workers} workers: "

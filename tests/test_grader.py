@@ -40,6 +40,35 @@ ATTENTION = (
 )
 CAUSAL = "def make_causal_mask(size):\n    return torch.ones(size, size, dtype=torch.bool).tril()\n"
 SPLIT = "def split_heads(x, n_heads):\n    b, t, d = x.shape\n    return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)\n"
+MHA = (  # the build exercises 4.4 and 4.5, written as a learner might
+    "class MyMultiHeadAttention(nn.Module):\n"
+    "    def __init__(self, d_model, n_heads):\n"
+    "        super().__init__()\n"
+    "        self.h = n_heads\n"
+    "        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))\n"
+    "    def forward(self, x, mask=None):\n"
+    "        b, t, d = x.shape\n"
+    "        q, k, v = (split_heads(p(x), self.h) for p in (self.q_proj, self.k_proj, self.v_proj))\n"
+    "        scores = q @ k.transpose(-2, -1) / (d // self.h) ** 0.5\n"
+    "        if mask is not None:\n"
+    "            scores = scores.masked_fill(~mask, float('-inf'))\n"
+    "        out = scores.softmax(-1) @ v\n"
+    "        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))\n"
+)
+BLOCK = (
+    "class MyBlock(nn.Module):\n"
+    "    def __init__(self, d_model, n_heads, dropout=0.1):\n"
+    "        super().__init__()\n"
+    "        self.ln_1, self.ln_2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)\n"
+    "        self.attn = MultiHeadAttention(d_model, n_heads)\n"
+    "        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))\n"
+    "        self.dropout = nn.Dropout(dropout)\n"
+    "    def forward(self, x, causal=False):\n"
+    "        x = x + self.dropout(self.attn(self.ln_1(x), causal=causal)[0])\n"
+    "        return x + self.dropout(self.mlp(self.ln_2(x)))\n"
+)
+SOLVED_04 = {"4.1": ATTENTION, "4.2": CAUSAL, "4.3": SPLIT, "4.4": MHA, "4.5": BLOCK}
+FULL_04 = {"4.1": 1, "4.2": 1, "4.3": 1, "4.4": 3, "4.5": 3}
 ZEROS = (
     "def attention(q, k, v, mask=None):\n    return torch.zeros(q.shape[0], q.shape[1], v.shape[-1])\n"
 )
@@ -183,7 +212,7 @@ def test_hostile_submissions_earn_nothing_and_change_nothing(tmp_path):
                "    __hash__ = int.__hash__\ndef count_parameters(model):\n    return Liar(0)\n",
         "0.1": "class L(list):\n    def __eq__(self, other): return True\ndef to_float_tensor(values):\n    return L()\n"})
     after_all = _submission(tmp_path, "untouched-04_attention.ipynb")  # graded after the attackers
-    solved = _submission(tmp_path, "solved-04_attention.ipynb", cells={"4.1": ATTENTION, "4.2": CAUSAL, "4.3": SPLIT})
+    solved = _submission(tmp_path, "solved-04_attention.ipynb", cells=SOLVED_04)
     result, points = _grade(*subs, liar, after_all, solved, "--timeout", "15", "--workers", "2", "--memory", "3")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "isolation: bubblewrap sandbox" in result.stdout
@@ -193,7 +222,7 @@ def test_hostile_submissions_earn_nothing_and_change_nothing(tmp_path):
         assert "passed" not in points[f"{name}-04_attention"]["4.1"][1], name
     assert {e: p for e, (p, _) in points["lying_int-00_setup"].items()} == {"0.1": 0, "0.2": 0, "0.3": 0}
     assert all(p == 0 and "not yet solved" in why for p, why in points["untouched-04_attention"].values()), result.stdout
-    assert {e: p for e, (p, _) in points["solved-04_attention"].items()} == {"4.1": 1, "4.2": 1, "4.3": 1}
+    assert {e: p for e, (p, _) in points["solved-04_attention"].items()} == FULL_04
 
     reasons = {name: points[f"{name}-04_attention"]["4.1"][1] for name in HOSTILE}
     assert "write it yourself" in reasons["call_reference"]
@@ -241,7 +270,8 @@ def test_correct_work_written_differently_earns_full_points(tmp_path):
     result, points = _grade(fair, twice, helper_cell, moved, merged, "--workers", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for name in ("fair", "twice", "helper", "chdir", "merged"):
-        assert {e: p for e, (p, _) in points[f"{name}-04_attention"].items()} == {"4.1": 1, "4.2": 1, "4.3": 1}, result.stdout
+        drills = {e: p for e, (p, _) in points[f"{name}-04_attention"].items() if e in ("4.1", "4.2", "4.3")}
+        assert drills == {"4.1": 1, "4.2": 1, "4.3": 1}, result.stdout
     assert "debug" not in result.stdout and "twice" not in result.stdout.replace("twice-04", "")
 
 

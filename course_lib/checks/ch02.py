@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -169,12 +171,13 @@ def _random_program(rng: random.Random, n_leaves: int, n_ops: int) -> list:
             return program
 
 
-def _run_torch(program: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every node's value and the gradient of the output for every leaf, by torch.autograd (float64)."""
-    nodes: list[torch.Tensor] = []
+def _evaluate(program: list, leaf: Callable[[float], Any], unary: Callable[[Any, str], Any]) -> list:
+    """Every node of ``program``, built with ``leaf(value)`` for the inputs, Python's + * ** for the
+    binary operations and ``unary(node, "tanh" or "exp")``: on torch tensors or on a learner's class."""
+    nodes: list = []
     for op, *args in program:
         if op == "leaf":
-            nodes.append(torch.tensor(float(args[0]), dtype=torch.float64, requires_grad=True))
+            nodes.append(leaf(args[0]))
         elif op == "+":
             nodes.append(nodes[args[0]] + nodes[args[1]])
         elif op == "*":
@@ -182,7 +185,14 @@ def _run_torch(program: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         elif op == "**":
             nodes.append(nodes[args[0]] ** args[1])
         else:
-            nodes.append(_UNARY[op](nodes[args[0]]))
+            nodes.append(unary(nodes[args[0]], op))
+    return nodes
+
+
+def _run_torch(program: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every node's value and the gradient of the output for every leaf, by torch.autograd (float64)."""
+    nodes = _evaluate(program, lambda v: torch.tensor(float(v), dtype=torch.float64, requires_grad=True),
+                      lambda node, op: _UNARY[op](node))
     leaves = [n for n, (op, *_) in zip(nodes, program) if op == "leaf"]
     grads = torch.autograd.grad(nodes[-1], leaves, allow_unused=True) if nodes[-1].requires_grad else [None] * len(leaves)
     return nodes, [torch.zeros((), dtype=torch.float64) if g is None else g for g in grads]
@@ -214,18 +224,7 @@ class ScalarBackward(Check):
         return [[name, program] for name, program in named + randoms]
 
     def probe(self, scalar_class, case):
-        nodes = []
-        for op, *args in case[1]:
-            if op == "leaf":
-                nodes.append(scalar_class(args[0]))
-            elif op == "+":
-                nodes.append(nodes[args[0]] + nodes[args[1]])
-            elif op == "*":
-                nodes.append(nodes[args[0]] * nodes[args[1]])
-            elif op == "**":
-                nodes.append(nodes[args[0]] ** args[1])
-            else:
-                nodes.append(getattr(nodes[args[0]], op)())
+        nodes = _evaluate(case[1], scalar_class, lambda node, op: getattr(node, op)())
         nodes[-1].backward()
         return {"out": float(nodes[-1].data),
                 "grads": [float(n.grad) for n, (op, *_) in zip(nodes, case[1]) if op == "leaf"]}

@@ -1,6 +1,6 @@
 """What a learner sees in JupyterLab: notebooks opened from the file browser, "Run All" from the
-Run menu, no errors, a working attention explorer, and an exercise check going from "not yet
-solved" to "passed" once a solution is typed in."""
+Run menu, no errors, diagrams drawn as pictures, a working attention explorer, and an exercise check
+going from "not yet solved" to "passed" once a solution is typed in."""
 
 from __future__ import annotations
 
@@ -72,6 +72,10 @@ def test_exercise_notebook_runs_and_a_check_turns_from_not_solved_to_passed(page
 
     check = cell_containing(page, "grading.check_to_float_tensor(")
     assert "Exercise 0.1 not yet solved" in outputs_text(check)
+    course_map = cell_containing(page, "diagrams.course_map()")
+    course_map.scroll_into_view_if_needed()
+    shoot("course-map")
+    assert course_map.locator(".jp-Cell-outputArea img").count() == 1, "the course map drew no picture"
 
     exercise = cell_containing(page, 'raise NotImplementedError("Exercise 0.1')
     exercise.locator(".cm-content").click()
@@ -94,6 +98,12 @@ def test_attention_explorer_renders_as_controls_and_its_slider_changes_the_plot(
     open_from_file_browser(page, lab, "notebooks", "04_attention.ipynb")
     run_all(page)
     assert page.locator(ERROR_OUTPUT).count() == 0, "a cell shows an error after Run All"
+
+    for call in ("diagrams.attention_shapes()", "diagrams.transformer_blocks()"):  # diagrams drawn as code
+        figure = cell_containing(page, call).locator(".jp-Cell-outputArea img")
+        assert figure.count() == 1, f"{call} drew no picture"
+    cell_containing(page, "diagrams.transformer_blocks()").scroll_into_view_if_needed()
+    shoot("transformer-blocks")
 
     explorer = cell_containing(page, "attention_explorer(attend")
     explorer.scroll_into_view_if_needed()
