@@ -139,9 +139,10 @@ def linear_bytes(model: nn.Module) -> int:
 class Int8DynamicLinear(nn.Module):
     """An ``nn.Linear`` with int8 weights (symmetric, one scale per output channel) whose input is
     quantized on every call (symmetric int8, one scale per token), multiplied as integers with int32
-    accumulation and rescaled by both scales: dynamic quantization written out, the computation
-    ``torch.ao``'s and torchao's int8 dynamic layers run with faster kernels. A channel or token of
-    zeros gives exact zeros (its scale is clamped, never 0)."""
+    accumulation and rescaled by both scales: dynamic quantization written out, with the scales
+    torchao's int8 dynamic layer uses (``torch.ao``'s legacy layer differs: one scale per weight
+    tensor, asymmetric activations in a 7-bit range). A channel or token of zeros gives exact zeros
+    (its scale is clamped, never 0)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
