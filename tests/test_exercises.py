@@ -14,6 +14,7 @@ import nbformat
 import pytest
 
 from course_lib import grading
+from course_lib.checks import EXERCISES as REGISTRY
 from course_lib.runner import chapter_notebooks
 from course_lib.exercises import (
     find_exercises,
@@ -189,13 +190,14 @@ def test_unsolved_exercises_score_zero_and_solutions_full_marks(tmp_path):
         assert rows and all(points == 0 and "not yet solved" in why for points, why in rows.values()), rows
     for path in solved:
         rows = _points(result.stdout, path)
-        assert rows and all(points == 1 and why == "passed" for points, why in rows.values()), rows
+        assert rows and all(points == REGISTRY[exercise].points and why == "passed"
+                            for exercise, (points, why) in rows.items()), rows
 
     with csv_path.open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 2 * len(grading.EXERCISES)
     assert {row["exercise"] for row in table} == set(grading.EXERCISES)
-    assert sum(int(row["points"]) for row in table) == len(grading.EXERCISES)
+    assert sum(int(row["points"]) for row in table) == sum(e.points for e in grading.EXERCISES.values())
     suites = ElementTree.parse(junit_path).getroot()
     assert len(suites) == len(unsolved) + len(solved)
     assert sum(int(s.get("failures")) for s in suites) == len(grading.EXERCISES)
