@@ -168,15 +168,14 @@ def _loop_reference(case: dict, per_epoch_schedule: bool = False, clip: bool = T
                     zero: bool = True) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """7.4's recipe on the check's model, optionally with one mistake: (history, parameters after)."""
     from course_lib.finetune import adamw
+    from course_lib.train import linear_warmup_schedule
 
     model = seeded(74, _TinyClassifier)
     epochs, lr, warmup_ratio, max_norm = case["epochs"], case["lr"], case["warmup_ratio"], case["max_grad_norm"]
     train, val = _batches(case, "train"), _batches(case, "validation")
     optimizer = adamw(model, lr, 0.01)
     total = epochs * len(train)
-    warmup = math.ceil(warmup_ratio * total)
-    factor = lambda step: step / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = linear_warmup_schedule(optimizer, math.ceil(warmup_ratio * total), total)
     history = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(case["seed"])
