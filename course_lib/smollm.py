@@ -74,6 +74,8 @@ def model_folder(cache: Path | None = None) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        for path in [staging, *staging.iterdir()]:  # readable by other users, e.g. the grader's sandbox
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -90,6 +92,18 @@ def resolve_model(name: str | Path = BUNDLED) -> str:
     if name in (BUNDLED, "bundled"):
         return str(model_folder())
     return pretrained.resolve_model(name)
+
+
+def local_folder(name: str | Path = BUNDLED) -> Path:
+    """A folder holding config.json, model.safetensors and the tokenizer, for code that reads the
+    files itself (``course_lib.llama.Llama.from_pretrained``): the dequantised bundled model, a local
+    folder, or a hub id's files downloaded (online learners only)."""
+    resolved = resolve_model(name)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"]))
 
 
 def load_tokenizer(name: str | Path = BUNDLED):

@@ -59,3 +59,17 @@ def test_serving_benchmark_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _script("serving").main(["--requests", "0"])
     assert exit_info.value.code == 2 and "must be positive" in capsys.readouterr().err
+
+
+def test_generation_benchmark_tiny(capsys):
+    _script("generation").main(["--tiny", "--new-tokens", "4", "8", "--prefill", "16"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("4 ", "8 "))]
+    assert [row[0] for row in rows] == ["4", "8"] and all(row[-1] == "True" for row in rows)  # same tokens as transformers
+    assert "prefill of 16 tokens" in out and "bf16 vs fp32" in out and "KV cache for the full context" in out
+
+
+def test_generation_benchmark_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script("generation").main(["--new-tokens", "0"])
+    assert exit_info.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
