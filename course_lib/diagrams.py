@@ -46,14 +46,18 @@ PALETTE = {
 # Drawing helpers
 
 
-def _panels(count: int, width: float, height: float, titles: Sequence[str] = ()) -> tuple[Figure, list[Axes]]:
+def _panels(count: int, width: float, height: float, titles: Sequence[str] = (),
+            ratios: Sequence[float] | None = None) -> tuple[Figure, list[Axes]]:
     """A figure of ``count`` side-by-side panels, axes off, whose data units are inches: each panel
-    spans x in [0, width / count] and y in [0, height - title space]."""
+    spans x in [0, width / count] (or its share of ``width`` given by ``ratios``) and y in
+    [0, height - title space]."""
     title_space = 0.4 if titles else 0.0
-    fig, axes = plt.subplots(1, count, figsize=(width, height), squeeze=False)
+    ratios = list(ratios) if ratios is not None else [1.0] * count
+    fig, axes = plt.subplots(1, count, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"width_ratios": ratios} if len(set(ratios)) > 1 else None)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - title_space / height, wspace=0)
     for i, ax in enumerate(axes[0]):
-        ax.set_xlim(0, width / count)
+        ax.set_xlim(0, width * ratios[i] / sum(ratios))
         ax.set_ylim(0, height - title_space)
         ax.axis("off")
         if i < len(titles):
@@ -141,7 +145,8 @@ def _symbol(value: object, name: str) -> str:
 # 1. The course
 
 
-# (chapter, title, what you build, band, column); band 3 is "beyond": chapters still to come.
+# (chapter, title, what you build, band, column); band 3 is "beyond". A chapter still to come has
+# nothing to build yet ("") and is drawn dashed.
 _CHAPTERS = [
     ("00", "setup", "a checked environment", 0, 0),
     ("01", "tensors", "broadcasting and einsum code", 0, 1),
@@ -155,7 +160,7 @@ _CHAPTERS = [
     ("09", "compression", "an int8 Linear", 2, 2),
     ("10", "deployment", "a /predict endpoint", 2, 3),
     ("11", "scaling", "DDP by hand", 2, 4),
-    ("12", "a generative LLM\n(SmolLM2)", "", 3, 0),
+    ("12", "a generative LLM\n(SmolLM2)", "a Llama decoder + KV cache", 3, 0),
     ("13", "alignment\n(SFT, DPO)", "", 3, 1),
     ("14", "vision", "", 3, 2),
     ("15", "speech", "", 3, 3),
@@ -165,8 +170,8 @@ _BANDS = ["foundations\n00–03", "the transformer\n04–06", "adapt and ship\n0
 
 def course_map() -> Figure:
     """The course as a map: four bands of chapters (foundations, the transformer, adapt and ship,
-    beyond), what you build in each, and arrows for what each chapter needs. The later chapters are
-    drawn dashed and marked "coming"."""
+    beyond), what you build in each, and arrows for what each chapter needs. The chapters not
+    written yet (13–15) are drawn dashed and marked "coming"."""
     fig, (ax,) = _panels(1, 10, 5.65, ["The course map: what you build, chapter by chapter"])
     col = [2.15 + 1.72 * k for k in range(5)]  # box centres
     gutter = [c + 0.86 for c in col]  # the free vertical channels right of each column
@@ -182,10 +187,11 @@ def course_map() -> Figure:
         ax.add_patch(FancyBboxPatch((0.05, bottom), 9.9, top - bottom, boxstyle="round,pad=0,rounding_size=0.08",
                                     facecolor=PALETTE["band"], edgecolor="none", zorder=0))
         ax.text(0.15, row[r], label, ha="left", va="center", fontsize=8.5, fontweight="bold",
-                color=PALETTE["muted"] if r == 3 else PALETTE["text"], linespacing=1.4)
+                color=PALETTE["text"], linespacing=1.4)
 
+    coming_chapters = {number for number, _, build, _, _ in _CHAPTERS if not build}
     for number, title, build, band, c in _CHAPTERS:
-        coming = band == 3
+        coming = number in coming_chapters
         _box(ax, (col[c], row[band]), bw, bh, f"{number} {title}", PALETTE["coming" if coming else "layer"],
              fontsize=8, dashed=coming)
         under = "coming" if coming else textwrap.fill(f"you build: {build}", 26)
@@ -193,8 +199,8 @@ def course_map() -> Figure:
                 color=PALETTE["muted"] if coming else PALETTE["text"], style="italic" if coming else "normal")
 
     # each chapter to the next: along a row, then "carriage returns" to the next row
-    for (_, _, _, band, c), (_, _, _, next_band, next_c) in zip(_CHAPTERS, _CHAPTERS[1:]):
-        coming = next_band == 3
+    for (_, _, _, band, c), (next_number, _, _, next_band, next_c) in zip(_CHAPTERS, _CHAPTERS[1:]):
+        coming = next_number in coming_chapters
         colour = PALETTE["muted"] if coming else PALETTE["edge"]
         if band == next_band:
             _arrow(ax, (col[c] + bw / 2, row[band] + 0.06), (col[next_c] - bw / 2, row[band] + 0.06),
@@ -215,7 +221,7 @@ def course_map() -> Figure:
                     (gutter[target - 1], lane(2, k)), (gutter[target - 1], row[2] + low),
                     (col[target] - bw / 2, row[2] + low)], colour=link)
     _route(ax, [(col[0] - bw / 2, row[1]), (left_gutter, row[1]), (left_gutter, row[3]),
-                (col[0] - bw / 2, row[3])], colour=link, dashed=True)  # 04 -> 12
+                (col[0] - bw / 2, row[3])], colour=link, dashed="12" in coming_chapters)  # 04 -> 12
 
     legend = [
         ("→", PALETTE["edge"], "the next chapter"),
@@ -862,6 +868,248 @@ def mlp_diagram(sizes: Sequence[int] = (64, 128, 10)) -> Figure:
             f"parameters:\n{terms}\n= {parameters:,}")
     ax.text(6.75, y_centre, loop, ha="left", va="center", fontsize=8, linespacing=1.35,
             bbox=dict(facecolor=PALETTE["band"], edgecolor=PALETTE["muted"], boxstyle="round,pad=0.5"))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# 11. A generative LLM
+
+# (fill, line) per group of query heads that share one key/value head; cycled when there are more
+_GROUP_COLOURS = [(PALETTE["layer"], "#1a73e8"), (PALETTE["attention"], "#c5221f"), (PALETTE["norm"], "#188038"),
+                  (PALETTE["system"], "#9334e6"), (PALETTE["trainable"], "#b06000"), ("#e4f7fb", "#12808f")]
+
+
+def _fits(text: str, width: float, fontsize: float) -> bool:
+    """Whether ``text`` fits (with a margin) in a box ``width`` inches wide: about 0.6 em per character."""
+    return len(text) * 0.6 * fontsize / 72 + 0.08 <= width
+
+
+def _label_that_fits(candidates: Sequence[str], width: float, fontsize: float) -> str:
+    """The first of ``candidates`` that fits in ``width`` inches at ``fontsize``; "" if none does."""
+    return next((text for text in candidates if _fits(text, width, fontsize)), "")
+
+
+def _heads(n: int) -> str:
+    return f"{n} head{'s' if n != 1 else ''}"
+
+
+def _draw_sharing(ax: Axes, num_heads: int, num_kv_heads: int, left: float, right: float, y_q: float, y_kv: float,
+                  size: float) -> None:
+    """Small squares: ``num_heads`` query heads at ``y_q``, ``num_kv_heads`` kv heads at ``y_kv``,
+    a line from each query head to the kv head it reads (its group, as ``repeat_kv`` orders them)."""
+    group = num_heads // num_kv_heads
+    pitch = (right - left) / num_heads
+    q_x = [left + pitch * (i + 0.5) for i in range(num_heads)]
+    kv_x = [sum(q_x[j * group:(j + 1) * group]) / group for j in range(num_kv_heads)]
+    side = min(size, 0.75 * pitch)
+    for i, x in enumerate(q_x):
+        fill, line = _GROUP_COLOURS[(i // group) % len(_GROUP_COLOURS)]
+        ax.plot([x, kv_x[i // group]], [y_q - side / 2, y_kv + side / 2], color=line, lw=0.8, zorder=1)
+        ax.add_patch(Rectangle((x - side / 2, y_q - side / 2), side, side, facecolor=fill, edgecolor=line, lw=0.7,
+                               zorder=2))
+    for j, x in enumerate(kv_x):
+        fill, line = _GROUP_COLOURS[j % len(_GROUP_COLOURS)]
+        ax.add_patch(Rectangle((x - side / 2, y_kv - side / 2), side, side, facecolor=line, edgecolor=line, lw=0.7,
+                               zorder=2))
+
+
+def grouped_query_attention(num_heads: int = 9, num_kv_heads: int = 3) -> Figure:
+    """Grouped-query attention: ``num_heads`` query heads (a row, coloured by group) sharing
+    ``num_kv_heads`` key/value heads (the row below), a line from each query head to the kv head it
+    reads: query heads 0..g-1 share kv head 0, the next g kv head 1, and so on (g = num_heads /
+    num_kv_heads, the order ``llama.repeat_kv`` produces). The caption computes the KV-cache saving,
+    num_heads / num_kv_heads times smaller; a side panel compares multi-head (kv = heads),
+    grouped-query and multi-query (kv = 1) attention. The defaults are SmolLM2-135M's 9 and 3."""
+    num_heads = require_int("num_heads", num_heads)
+    num_kv_heads = require_int("num_kv_heads", num_kv_heads)
+    if num_heads > 32:
+        raise ValueError(f"num_heads must be <= 32 to be drawn, got {num_heads}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads must divide num_heads, got num_kv_heads={num_kv_heads}, num_heads={num_heads}")
+    group = num_heads // num_kv_heads
+    share = "share" if num_kv_heads > 1 else "all share"
+    fig, (ax, side) = _panels(2, 10, 4.5, [f"Grouped-query attention: {num_heads} query heads {share} "
+                                           f"{num_kv_heads} key/value {_heads(num_kv_heads).split()[1]}",
+                                           "Three ways to share K and V"], ratios=[6.5, 3.5])
+    left, right, y_q, y_kv, bh = 1.3, 6.3, 3.25, 1.75, 0.42
+    pitch = (right - left) / num_heads
+    w = pitch - min(0.1, pitch / 5)
+    q_x = [left + pitch * (i + 0.5) for i in range(num_heads)]
+    kv_x = [sum(q_x[j * group:(j + 1) * group]) / group for j in range(num_kv_heads)]
+    kv_w = min(group * pitch - min(0.1, pitch / 5), 1.2)
+    fs = 8 if w >= 0.35 else 7
+    for y, lines in ((y_q, "query\nheads"), (y_kv, "key/value\nheads")):
+        ax.text(0.15, y, lines, ha="left", va="center", fontsize=8.5, fontweight="bold",
+                color=PALETTE["text"], linespacing=1.3)
+    for i, x in enumerate(q_x):
+        fill, line = _GROUP_COLOURS[(i // group) % len(_GROUP_COLOURS)]
+        ax.plot([x, kv_x[i // group]], [y_q - bh / 2, y_kv + bh / 2], color=line, lw=1.1, zorder=1)
+        patch = _box(ax, (x, y_q), w, bh, _label_that_fits([f"Q{i}", f"{i}"], w, fs), fill, fontsize=fs)
+        patch.set_gid(f"query head {i}")
+    for j, x in enumerate(kv_x):
+        fill, line = _GROUP_COLOURS[j % len(_GROUP_COLOURS)]
+        patch = _box(ax, (x, y_kv), kv_w, bh, _label_that_fits([f"K{j}, V{j}", f"KV{j}", f"{j}"], kv_w, fs), fill,
+                     fontsize=fs)
+        patch.set_edgecolor(line)
+        patch.set_linewidth(1.6)
+        patch.set_gid(f"kv head {j}")
+    ax.text((left + right) / 2, y_q + bh / 2 + 0.12, f"q_proj: {_heads(num_heads)}, each with its own queries",
+            ha="center", va="bottom", fontsize=7.5, color=PALETTE["edge"])
+    ax.text((left + right) / 2, y_kv - bh / 2 - 0.12,
+            f"k_proj, v_proj: {_heads(num_kv_heads)};  repeat_kv(k, {group}) repeats each {group} "
+            f"time{'s' if group != 1 else ''} in a row", ha="center", va="top", fontsize=7.5, color=PALETTE["edge"])
+    if num_kv_heads > 1 and group > 1:
+        rule = f"query heads 0–{group - 1} read kv head 0, {group}–{2 * group - 1} kv head 1, …"
+    elif group == 1:
+        rule = "every query head has its own kv head (multi-head attention)"
+    else:
+        rule = f"all {num_heads} query heads read the one kv head (multi-query attention)"
+    ax.text((left + right) / 2, y_kv - bh / 2 - 0.36, rule, ha="center", va="top", fontsize=7.5,
+            color=PALETTE["edge"], style="italic")
+    saving = num_heads / num_kv_heads
+    ax.text(ax.get_xlim()[1] / 2, 0.42,
+            f"KV cache: each layer keeps K and V of every past token for {_heads(num_kv_heads)}, not {num_heads}\n"
+            f"→ {num_heads} / {num_kv_heads} = {saving:g}× smaller than with one kv head per query head",
+            ha="center", va="center", fontsize=8.5, color=PALETTE["text"], linespacing=1.4,
+            bbox=dict(facecolor=PALETTE["band"], edgecolor=PALETTE["muted"], boxstyle="round,pad=0.4"))
+
+    # the side panel: the three ways to share, for the same number of query heads
+    middle = num_kv_heads if 1 < num_kv_heads < num_heads else next(
+        (d for d in range(num_heads // 2, 1, -1) if num_heads % d == 0), None)
+    variants = [("multi-head (MHA)", num_heads), ("grouped-query (GQA)", middle), ("multi-query (MQA)", 1)]
+    variants = [(name, kv) for name, kv in variants if kv is not None]
+    if num_heads == 1:
+        variants = variants[:1]
+    width = side.get_xlim()[1]
+    row_h = 3.9 / 3
+    for r, (name, kv) in enumerate(variants):
+        top = 4.0 - r * row_h
+        here = kv == num_kv_heads
+        if here:  # the variant the left panel draws
+            side.add_patch(FancyBboxPatch((0.12, top - row_h + 0.08), width - 0.24, row_h - 0.1,
+                                          boxstyle="round,pad=0,rounding_size=0.08", facecolor=PALETTE["band"],
+                                          edgecolor=PALETTE["muted"], zorder=0))
+        side.text(0.25, top - 0.14, name + ("  (left)" if here else ""), ha="left", va="center", fontsize=8,
+                  fontweight="bold", color=PALETTE["text"])
+        cache = "KV cache 1× (the baseline)" if kv == num_heads else f"KV cache {num_heads / kv:g}× smaller"
+        side.text(0.25, top - 0.34, f"{_heads(kv)} for K and V;  {cache}", ha="left", va="center", fontsize=7,
+                  color=PALETTE["edge"])
+        _draw_sharing(side, num_heads, kv, 0.3, width - 0.3, top - 0.62, top - 1.02, 0.14)
+    return fig
+
+
+def _angle_clusters(angles: np.ndarray, gap: float) -> list[list[int]]:
+    """Indices of ``angles`` (radians) grouped so that each group spans less than ``gap`` around
+    the circle; groups start after the widest empty arc, so a group never straddles it."""
+    order = np.argsort(np.mod(angles, 2 * np.pi))
+    wrapped = np.mod(angles[order], 2 * np.pi)
+    gaps = np.diff(np.append(wrapped, wrapped[0] + 2 * np.pi))
+    start = (int(np.argmax(gaps)) + 1) % len(order)
+    order = np.roll(order, -start)
+    unwrapped = np.unwrap(np.mod(angles[order], 2 * np.pi))
+    clusters: list[list[int]] = []
+    first = 0.0
+    for index, angle in zip(order, unwrapped):
+        if clusters and angle - first < gap:
+            clusters[-1].append(int(index))
+        else:
+            clusters.append([int(index)])
+            first = angle
+    return clusters
+
+
+def _positions_text(members: Sequence[int]) -> str:
+    """Positions as a label: "3", "2, 5" or "0–7" (a run of three or more)."""
+    members = sorted(members)
+    if len(members) > 2 and members[-1] - members[0] == len(members) - 1:
+        return f"{members[0]}–{members[-1]}"
+    return ", ".join(str(m) for m in members)
+
+
+def rotary_rotation(head_dim: int = 64, theta: float = 100000.0, positions: int = 8,
+                    pairs: Sequence[int] = (0, 8, 31)) -> Figure:
+    """Rotary position embeddings, computed with ``llama.rotary_cos_sin`` and ``llama.apply_rotary``.
+    One panel per pair i in ``pairs``: the unit circle and the 2-D vector (x[i], x[i + head_dim/2])
+    of a fixed vector x (every pair (1, 0)) after rotation at positions 0..positions-1, coloured and
+    labelled by position; the title gives the pair's speed θ^(-2i/head_dim) in radians per position
+    (the first pairs turn fast, the last barely move). The last panel: the dot product q·k of two
+    fixed vectors rotated to positions m (the query) and n ≤ m (the key), against m − n for three
+    m — the points of every m fall on one curve, since the product depends only on the distance.
+    The defaults are SmolLM2-135M's head_dim and θ."""
+    head_dim = require_int("head_dim", head_dim, at_least=2)
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even (rotary embeddings rotate pairs), got {head_dim}")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
+        raise ValueError(f"theta must be a finite number > 0, got {theta!r}")
+    positions = require_int("positions", positions)
+    if positions > 16:
+        raise ValueError(f"positions must be <= 16 to be drawn, got {positions}")
+    half = head_dim // 2
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not 1 <= len(pairs) <= 3:
+        raise ValueError(f"pairs must be a sequence of 1 to 3 pair indices, got {pairs!r}")
+    pairs = [require_int(f"pairs[{k}]", p, at_least=0) for k, p in enumerate(pairs)]
+    for k, p in enumerate(pairs):
+        if p >= half:
+            raise ValueError(f"pairs[{k}] must be < head_dim / 2 = {half} (pair i is (x[i], x[i + {half}])), got {p}")
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"pairs must not repeat a pair, got {pairs}")
+
+    import torch  # here, not at the top: the other diagrams do not need it
+
+    from course_lib.llama import apply_rotary, rotary_cos_sin, rotary_frequencies
+
+    frequencies = rotary_frequencies(head_dim, theta).double().numpy()
+    x = torch.cat((torch.ones(half), torch.zeros(half)))  # every pair (x[i], x[i + half]) = (1, 0)
+    cos, sin = rotary_cos_sin(torch.arange(positions), head_dim, theta)
+    rotated = apply_rotary(x.expand(positions, head_dim), cos, sin).double().numpy()  # (positions, head_dim)
+
+    fig, axes = plt.subplots(1, len(pairs) + 1, figsize=(10, 3.9), layout="constrained",
+                             gridspec_kw={"width_ratios": [1] * len(pairs) + [1.45]})
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, positions))
+    for ax, i in zip(axes, pairs):
+        points = rotated[:, [i, i + half]]
+        ax.add_patch(Circle((0, 0), 1, fill=False, edgecolor=PALETTE["muted"], lw=0.8))
+        ax.plot([-1.1, 1.1], [0, 0], color=PALETTE["band"], lw=0.8, zorder=0)
+        ax.plot([0, 0], [-1.1, 1.1], color=PALETTE["band"], lw=0.8, zorder=0)
+        for p in range(positions):
+            ax.annotate("", xy=tuple(points[p]), xytext=(0, 0), arrowprops=dict(
+                arrowstyle="-|>", color=colours[p], lw=0.9, shrinkA=0, shrinkB=0, mutation_scale=7))
+        ax.scatter(points[:, 0], points[:, 1], c=colours, s=14, zorder=3, label="rotated pair")
+        for members in _angle_clusters(np.arctan2(points[:, 1], points[:, 0]), gap=0.24):
+            angle = np.arctan2(points[members, 1].mean(), points[members, 0].mean())
+            ax.text(1.27 * np.cos(angle), 1.27 * np.sin(angle), _positions_text(members), ha="center",
+                    va="center", fontsize=7, color=colours[members[0]])
+        ax.set_xlim(-1.5, 1.5)
+        ax.set_ylim(-1.5, 1.5)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        turned = (positions - 1) * frequencies[i]
+        ax.set_title(f"pair {i}: (x[{i}], x[{i + half}])\n{frequencies[i]:.3g} rad per position", fontsize=9)
+        degrees = math.degrees(turned)
+        degrees_text = f"{degrees:,.0f}°" if degrees >= 100 else f"{degrees:.3g}°"
+        ax.text(0, -1.52, f"by position {positions - 1}: {turned:.3g} rad\n({degrees_text})", ha="center", va="top",
+                fontsize=7.5, color=PALETTE["edge"])
+
+    ax = axes[-1]
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(head_dim, generator=generator)
+    k = q + 0.7 * torch.randn(head_dim, generator=generator)  # a key that resembles the query
+    for m, marker, size in ((8, "o", 7), (24, "s", 4.5), (48, ".", 5)):
+        n = torch.arange(m + 1)  # the keys a causal query at position m sees
+        cos_m, sin_m = rotary_cos_sin(torch.tensor([m]), head_dim, theta)
+        cos_n, sin_n = rotary_cos_sin(n, head_dim, theta)
+        scores = (apply_rotary(k.expand(m + 1, head_dim), cos_n, sin_n) @ apply_rotary(q[None], cos_m, sin_m)[0])
+        ax.plot((m - n).numpy(), scores.double().numpy(), marker, ms=size, mfc="none" if marker != "." else None,
+                ls="none", label=f"m = {m}")
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):  # only ticks in view
+        axis.set_ticks([t for t in axis.get_ticklocs() if lo <= t <= hi])
+    ax.set_xlabel("distance m − n (query − key position)", fontsize=8)
+    ax.set_ylabel("q·k after rotation", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title("q·k depends only on m − n:\nevery query position m, one curve", fontsize=9)
+    ax.legend(fontsize=7, title="query at", title_fontsize=7, loc="best")
+    fig.suptitle(f"Rotary embeddings (head_dim {head_dim}, θ = {theta:g}): pair i of a query or key turns by "
+                 f"position × θ^(−2i/{head_dim})", fontsize=10, fontweight="bold")
     return fig
 
 

@@ -4,13 +4,14 @@ it, so a notebook can place several in one figure and end the cell with ``plt.sh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 
+from course_lib.arguments import require_int
 from course_lib.autograd import Value, topological_order
 
 
@@ -187,4 +188,98 @@ def plot_latencies(results: Sequence[Any], ax: Axes | None = None) -> Axes:
     ax.set_xlabel("latency per request (ms, log scale); whiskers at p1 and p99")
     ax.invert_yaxis()
     ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+def _show_token(token: str) -> str:
+    """A token as it should read on an axis: a space as ␣, a newline as \\n, a tab as \\t, other
+    unprintable characters escaped as repr() does (' Paris' -> '␣Paris', '\\n' -> '\\\\n')."""
+    if not token:
+        return "''"
+    escapes = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return "".join(escapes.get(c, c if c.isprintable() else repr(c)[1:-1]) for c in token)
+
+
+def plot_next_token_probs(
+    tokens: Sequence[str],
+    probs: Sequence[float] | torch.Tensor,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """The k most probable next tokens as horizontal bars, the most probable on top, each labelled
+    with its probability. Whitespace in the tokens is made visible (' Paris' shows as '␣Paris',
+    '\\n' as '\\\\n'). ``probs`` are probabilities of one distribution (e.g. ``torch.topk`` of a
+    softmax): each in [0, 1], summing to at most 1; the title defaults to "the k most probable next
+    tokens"."""
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"tokens must be a sequence of strings, got {tokens!r}")
+    values = torch.as_tensor(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs, dtype=torch.float64)
+    if values.ndim != 1:
+        raise ValueError(f"probs must be one-dimensional (one probability per token), got shape {tuple(values.shape)}")
+    if len(tokens) != len(values):
+        raise ValueError(f"tokens and probs must have the same length, got {len(tokens)} tokens and {len(values)} probs")
+    if not len(tokens):
+        raise ValueError("tokens and probs must not be empty")
+    if not torch.all((values >= 0) & (values <= 1)):  # NaN fails both
+        raise ValueError(f"probs must be probabilities in [0, 1], got {values.tolist()}")
+    if values.sum() > 1.01:  # bfloat16 rounding can push a full distribution's sum a little above 1
+        raise ValueError(f"probs must come from one distribution (sum <= 1), got sum {values.sum().item():.4g}")
+    order = sorted(range(len(tokens)), key=lambda i: -values[i].item())
+    shown = [_show_token(tokens[i]) for i in order]
+    p = values[order].numpy()
+    ax = ax if ax is not None else plt.subplots(figsize=(5.5, 0.8 + 0.32 * len(tokens)))[1]
+    rows = range(len(p))
+    ax.barh(rows, p, color="#8ab4f8", edgecolor="#1a73e8", height=0.7)
+    for row, value in zip(rows, p):
+        ax.text(value + 0.01 * max(p.max(), 0.05), row, f"{value:.3f}", ha="left", va="center", fontsize=8)
+    ax.set_yticks(rows, shown, family="monospace")
+    ax.invert_yaxis()  # the most probable on top
+    ax.set_xlim(0, max(p.max(), 0.05) * 1.18)
+    ax.set_xlabel("probability")
+    ax.set_title(title if title is not None else f"the {len(p)} most probable next tokens", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_generation_speed(
+    lengths: Sequence[int],
+    series: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+) -> Axes:
+    """Generation speed in tokens per second against the number of new tokens generated (log x
+    axis): one line with markers per series, e.g. ``{"ours, KV cache": [...], "ours, no cache": [...],
+    "transformers, KV cache": [...], "transformers, no cache": [...]}``, each with one speed per
+    length. Series whose names share the part before the comma share a colour; a series whose name
+    contains "no cache" is dashed."""
+    if isinstance(lengths, str) or not isinstance(lengths, Sequence) or not lengths:
+        raise ValueError(f"lengths must be a non-empty sequence of ints, got {lengths!r}")
+    lengths = [require_int(f"lengths[{i}]", n) for i, n in enumerate(lengths)]
+    if not isinstance(series, Mapping) or not series:
+        raise ValueError(f"series must be a non-empty mapping of name -> tokens/s per length, got {series!r}")
+    checked = {}
+    for name, speeds in series.items():
+        speeds = torch.as_tensor(speeds.detach().cpu() if isinstance(speeds, torch.Tensor) else speeds,
+                                 dtype=torch.float64)
+        if speeds.shape != (len(lengths),):
+            raise ValueError(f"series[{name!r}] must have one speed per length ({len(lengths)}), "
+                             f"got shape {tuple(speeds.shape)}")
+        if not torch.all(torch.isfinite(speeds) & (speeds > 0)):
+            raise ValueError(f"series[{name!r}] must hold finite speeds > 0 (tokens/s), got {speeds.tolist()}")
+        checked[str(name)] = speeds.numpy()
+    ax = ax if ax is not None else plt.subplots(figsize=(6, 3.8))[1]
+    families = list(dict.fromkeys(name.split(",")[0].strip() for name in checked))
+    markers = "osD^vP*X"
+    for k, (name, speeds) in enumerate(checked.items()):
+        family = families.index(name.split(",")[0].strip())
+        ax.plot(lengths, speeds, marker=markers[k % len(markers)], ms=5, color=f"C{family}",
+                ls="--" if "no cache" in name.lower() else "-", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(lengths)), [str(n) for n in sorted(set(lengths))])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("new tokens generated (log scale)")
+    ax.set_ylabel("tokens / s")
+    ax.set_title("generation speed", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return ax

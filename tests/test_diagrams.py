@@ -39,6 +39,13 @@ CASES = {
     "ddp_vs_fsdp": diagrams.ddp_vs_fsdp,
     "ddp_vs_fsdp 8 ranks": lambda: diagrams.ddp_vs_fsdp(8),
     "mlp_diagram": diagrams.mlp_diagram,
+    "grouped_query_attention": diagrams.grouped_query_attention,
+    "grouped_query_attention 32/8": lambda: diagrams.grouped_query_attention(32, 8),
+    "grouped_query_attention 32/32": lambda: diagrams.grouped_query_attention(32, 32),
+    "grouped_query_attention 7/1": lambda: diagrams.grouped_query_attention(7, 1),
+    "grouped_query_attention 1/1": lambda: diagrams.grouped_query_attention(1, 1),
+    "rotary_rotation": diagrams.rotary_rotation,
+    "rotary_rotation small": lambda: diagrams.rotary_rotation(16, 10000.0, 16, (0, 3, 7)),
 }
 
 
@@ -103,8 +110,8 @@ def test_course_map_shows_every_chapter_what_it_builds_and_the_bands():
     fig = diagrams.course_map()
     _assert_labels(fig, *(f"{n:02d} " for n in range(16)), "foundations", "the transformer", "adapt and ship",
                    "beyond", "you build: an autograd engine", "you build: LoRALinear", "you build: DDP by hand",
-                   "(SmolLM2)", "(SFT, DPO)", "05 → 07")
-    assert _labels(fig).count("coming") == 4
+                   "(SmolLM2)", "(SFT, DPO)", "05 → 07", "you build: a Llama decoder + KV cache")
+    assert _labels(fig).count("coming") == 3  # 13-15; chapter 12 is written
 
 
 def test_pre_norm_puts_the_layernorm_before_attention_and_post_norm_after_the_addition():
@@ -297,6 +304,106 @@ def test_mlp_diagram_draws_at_most_8_neurons_per_layer(sizes, circles, dots):
 def test_mlp_diagram_refuses_bad_sizes(sizes, name):
     with pytest.raises(ValueError, match=name):
         diagrams.mlp_diagram(sizes)
+
+
+def _head_boxes(fig: Figure, kind: str) -> list[FancyBboxPatch]:
+    """The boxes of the query or kv heads (``kind`` "query" or "kv") of grouped_query_attention, by index."""
+    boxes = {p.get_gid(): p for p in fig.findobj(FancyBboxPatch) if (p.get_gid() or "").startswith(f"{kind} head ")}
+    return [boxes[f"{kind} head {i}"] for i in range(len(boxes))]
+
+
+@pytest.mark.parametrize("num_heads, num_kv_heads", [(9, 3), (32, 8), (8, 8), (7, 1)])
+def test_grouped_query_attention_links_each_query_head_to_the_kv_head_repeat_kv_gives_it(num_heads, num_kv_heads):
+    from course_lib.llama import repeat_kv
+
+    fig = diagrams.grouped_query_attention(num_heads, num_kv_heads)
+    main = fig.axes[0]
+    queries, kvs = _head_boxes(fig, "query"), _head_boxes(fig, "kv")
+    assert (len(queries), len(kvs)) == (num_heads, num_kv_heads)
+    centre = [[p.get_x() + p.get_width() / 2 for p in boxes] for boxes in (queries, kvs)]
+    links = {}  # query head -> the kv head its line ends at
+    for line in main.get_lines():
+        (x0, x1) = line.get_xdata()
+        links[min(range(num_heads), key=lambda i: abs(centre[0][i] - x0))] = min(
+            range(num_kv_heads), key=lambda j: abs(centre[1][j] - x1))
+    kv_index = torch.arange(num_kv_heads).view(1, num_kv_heads, 1, 1)
+    expected = repeat_kv(kv_index, num_heads // num_kv_heads).flatten().tolist()
+    assert [links[i] for i in range(num_heads)] == expected
+    for i, box in enumerate(queries):  # coloured by group: the same fill as the kv head's group
+        assert box.get_facecolor() == queries[expected[i] * (num_heads // num_kv_heads)].get_facecolor()
+    saving = num_heads / num_kv_heads
+    _assert_labels(fig, f"{num_heads} / {num_kv_heads} = {saving:g}× smaller", "multi-head (MHA)",
+                   "KV cache 1× (the baseline)")
+    if num_kv_heads != num_heads:
+        _assert_labels(fig, "multi-query (MQA)", f"KV cache {num_heads:g}× smaller")
+
+
+def test_grouped_query_attention_defaults_are_smollm2s_and_compare_the_three_variants():
+    fig = diagrams.grouped_query_attention()
+    assert len(fig.axes) == 2
+    assert "9 query heads share 3 key/value heads" in fig.axes[0].get_title()
+    _assert_labels(fig, "Q0", "Q8", "K0, V0", "K2, V2", "repeat_kv(k, 3)", "9 / 3 = 3× smaller",
+                   "multi-head (MHA)", "grouped-query (GQA) (left)", "multi-query (MQA)", "KV cache 3× smaller",
+                   "KV cache 9× smaller", "query heads 0–2 read kv head 0")
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(num_heads=0), "num_heads"), (dict(num_heads=9.0), "num_heads"),
+                                          (dict(num_heads=True), "num_heads"), (dict(num_heads=64, num_kv_heads=8),
+                                                                                "num_heads"),
+                                          (dict(num_kv_heads=0), "num_kv_heads"), (dict(num_kv_heads=2), "num_kv_heads"),
+                                          (dict(num_heads=4, num_kv_heads=8), "num_kv_heads")])
+def test_grouped_query_attention_refuses_bad_head_counts(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        diagrams.grouped_query_attention(**kwargs)
+    assert not plt.get_fignums()
+
+
+def test_rotary_rotation_turns_each_pair_by_position_times_its_frequency():
+    from course_lib.llama import rotary_frequencies
+
+    fig = diagrams.rotary_rotation()  # head_dim 64, theta 100000, 8 positions, pairs 0, 8, 31
+    assert len(fig.axes) == 4
+    frequencies = rotary_frequencies(64, 100000.0).double()
+    for ax, pair, speed in zip(fig.axes, (0, 8, 31), ("1 rad", "0.0562 rad", "1.43e-05 rad")):
+        assert f"pair {pair}: (x[{pair}], x[{pair + 32}])" in ax.get_title() and speed in ax.get_title()
+        (points,) = ax.collections
+        xy = torch.tensor(points.get_offsets(), dtype=torch.float64)
+        angles = torch.arange(8, dtype=torch.float64) * frequencies[pair]
+        torch.testing.assert_close(xy, torch.stack((angles.cos(), angles.sin()), 1), atol=1e-5, rtol=0)
+    slow = torch.tensor(fig.axes[2].collections[0].get_offsets())
+    assert (slow - slow[0]).abs().max() < 1e-3  # the slowest pair barely moves in 8 positions
+    _assert_labels(fig, "0–7", "by position 7: 7 rad", "(401°)")
+
+
+def test_rotary_rotation_scores_depend_only_on_the_distance():
+    ax = diagrams.rotary_rotation().axes[-1]
+    series = {line.get_label(): line for line in ax.get_lines() if line.get_label().startswith("m = ")}
+    assert list(series) == ["m = 8", "m = 24", "m = 48"]
+    by_distance: dict[int, list[float]] = {}
+    for m, line in zip((8, 24, 48), series.values()):
+        distances = [int(d) for d in line.get_xdata()]
+        assert sorted(distances) == list(range(m + 1))  # the keys n = 0..m of a causal query at m
+        for d, score in zip(distances, line.get_ydata()):
+            by_distance.setdefault(d, []).append(float(score))
+    assert len(by_distance[0]) == 3 and len(by_distance[20]) == 2
+    for d, scores in by_distance.items():  # every m gives the same q·k at the same distance: one curve
+        assert max(scores) - min(scores) < 1e-3 * max(abs(s) for s in scores), (d, scores)
+    curve = [by_distance[d][0] for d in sorted(by_distance)]
+    assert max(curve) - min(curve) > 1  # and it does change with the distance
+    assert "m − n" in ax.get_xlabel()
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(head_dim=63), "head_dim"), (dict(head_dim=0), "head_dim"),
+                                          (dict(theta=0), "theta"), (dict(theta=math.inf), "theta"),
+                                          (dict(theta="1e4"), "theta"), (dict(positions=0), "positions"),
+                                          (dict(positions=17), "positions"), (dict(pairs=()), "pairs"),
+                                          (dict(pairs="0"), "pairs"), (dict(pairs=(0, 32)), r"pairs\[1\]"),
+                                          (dict(pairs=(-1,)), r"pairs\[0\]"), (dict(pairs=(1, 1)), "pairs"),
+                                          (dict(pairs=(0, 1, 2, 3)), "pairs")])
+def test_rotary_rotation_refuses_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        diagrams.rotary_rotation(**kwargs)
+    assert not plt.get_fignums()
 
 
 def test_the_readme_course_map_is_current():

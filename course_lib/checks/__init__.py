@@ -94,6 +94,20 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
              ("course_lib.memory:bytes_per_parameter",)),
     Exercise("11.3", "which samples does a rank read?", "check_rank_indices"),
     Exercise("11.4", "build data parallelism by hand", "check_data_parallel_step", points=3),
+    Exercise("12.1", "one BPE merge step", "check_bpe_merge_step",
+             ("course_lib.bpe:merge_pair", "course_lib.bpe:pair_counts")),
+    Exercise("12.2", "RMSNorm", "check_rms_norm", ("course_lib.llama:RMSNorm.forward",)),
+    Exercise("12.3", "rotary position embeddings", "check_rotary",
+             ("course_lib.llama:rotary_frequencies", "course_lib.llama:rotary_cos_sin")),
+    # repeat_kv stays on: a learner's 12.5 module may call it, as the course's GroupedQueryAttention does
+    # (like split_heads for 4.3)
+    Exercise("12.4", "repeat_kv for grouped-query attention", "check_repeat_kv"),
+    Exercise("12.5", "build grouped-query attention with a KV cache", "check_cached_attention",
+             ("course_lib.llama:GroupedQueryAttention.forward",), points=3),
+    Exercise("12.6", "greedy decoding with a KV cache", "check_cached_greedy",
+             ("course_lib.generate:stream", "course_lib.generate:generate", "course_lib.generate:prefill",
+              "course_lib.generate:decode_step")),
+    Exercise("12.7", "top-p (nucleus) filtering", "check_top_p", ("course_lib.sampling:top_p_filter",)),
 )}
 
 BY_CHECK: dict[str, Exercise] = {e.check: e for e in EXERCISES.values()}
