@@ -28,6 +28,7 @@ TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_la
 
 
 def positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -54,6 +55,7 @@ def load(tiny: bool, device: torch.device):
 
 
 def timed(fn, sync) -> float:
+    """Seconds one call of ``fn`` takes (one run: the generations here are long enough)."""
     start = time.perf_counter()
     fn()
     if sync is not None:
@@ -74,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     ours, reference, ids = load(args.tiny, device)
     if ids.shape[1] + max(args.new_tokens) > ours.config.max_positions:
         parser.error(f"--new-tokens: at most {ours.config.max_positions - ids.shape[1]} fit this model's context")
+    # memory first, while the heap holds no freed blocks a new cache could reuse unseen
+    c = ours.config
+    full = c.max_positions
+    computed = cache_bytes(c.num_layers, c.num_kv_heads, c.head_dim, full)
+    measured = peak_memory(lambda: _touch(ours.new_cache(1, full)), device)
 
     def hf(n: int, cache: bool):
         with torch.no_grad():
@@ -82,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"greedy generation, prompt of {ids.shape[1]} tokens, float32, tokens per second (one run each)")
     print(f"{'new':>5} {'ours cache':>11} {'ours none':>10} {'hf cache':>9} {'hf none':>8} "
           f"{'cache speed-up ours':>20} {'hf':>6} {'ours/hf':>8} {'same':>5}")
-    generate(ours, ids, 4)
-    hf(4, True)  # warm-up: first calls allocate and pick kernels
+    for warm_up in (lambda: generate(ours, ids, 4), lambda: generate(ours, ids, 4, use_cache=False),
+                    lambda: hf(4, True), lambda: hf(4, False)):
+        warm_up()  # first calls allocate and pick kernels
     for n in args.new_tokens:
         times = {"ours cache": timed(lambda: generate(ours, ids, n), sync),
                  "ours none": timed(lambda: generate(ours, ids, n, use_cache=False), sync),
@@ -97,24 +105,22 @@ def main(argv: list[str] | None = None) -> None:
 
     prompt = torch.randint(100, ours.config.vocab_size, (1, args.prefill), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
-        cache = ours.new_cache(1, args.prefill + 33)
-        t_prefill = timed(lambda: ours(prompt, cache=cache), sync)
+        ours(prompt, cache=ours.new_cache(1, args.prefill), last_only=True)  # warm-up at this shape
+        cache = ours.new_cache(1, args.prefill + 32)
+        t_prefill = timed(lambda: ours(prompt, cache=cache, last_only=True), sync)
         token = prompt[:, -1:]
-        t_decode = timed(lambda: [ours(token, cache=cache) for _ in range(32)], sync)
+        t_decode = timed(lambda: [ours(token, cache=cache, last_only=True) for _ in range(32)], sync)
     print(f"\nprefill of {args.prefill} tokens: {args.prefill / t_prefill:.0f} tokens/s; "
           f"decode: {32 / t_decode:.1f} tokens/s ({(args.prefill / t_prefill) / (32 / t_decode):.0f}x fewer per second)")
 
     n = args.new_tokens[min(1, len(args.new_tokens) - 1)]
     half = Llama.from_state_dict(ours.config, {k: v.to(torch.bfloat16) for k, v in ours.state_dict().items()}).to(device)
+    generate(half, ids, 4)  # warm-up
     t32, t16 = timed(lambda: generate(ours, ids, n), sync), timed(lambda: generate(half, ids, n), sync)
     agree = sum(a == b for a, b in zip(generate(ours, ids, n), generate(half, ids, n)))
     print(f"bf16 vs fp32, {n} cached tokens: fp32 {n / t32:.1f} tokens/s, bf16 {n / t16:.1f} tokens/s "
           f"({t32 / t16:.2f}x); greedy tokens equal to fp32's: {agree} of {n}")
 
-    c = ours.config
-    full = c.max_positions
-    computed = cache_bytes(c.num_layers, c.num_kv_heads, c.head_dim, full)
-    measured = peak_memory(lambda: _touch(ours.new_cache(1, full)), device)
     print(f"KV cache for the full context of {full} positions, fp32: computed {computed / 2**20:.0f} MiB, "
           f"measured {measured / 2**20:.0f} MiB; per token {computed // full:,} bytes; without grouped-query "
           f"attention ({c.num_heads} kv heads) {cache_bytes(c.num_layers, c.num_heads, c.head_dim, full) / 2**20:.0f} MiB")

@@ -9,6 +9,7 @@ prints them live in JupyterLab.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -21,19 +22,23 @@ from course_lib.sampling import SamplingConfig, next_token
 def prefill(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Run the whole prompt (B, T) through the model once, filling ``cache``; the last position's
     logits (B, vocab) predict the first new token."""
-    return model(input_ids, cache=cache)[:, -1]
+    return model(input_ids, cache=cache, last_only=True)[:, -1]
 
 
 def decode_step(model: nn.Module, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One cached step: the newest token (B,) goes in alone at position ``cache.length``, its keys
     and values join the cache, and the logits (B, vocab) for the token after it come out."""
-    return model(token[:, None], cache=cache)[:, -1]
+    return model(token[:, None], cache=cache, last_only=True)[:, -1]
 
 
 def _eos_set(eos_token_id: int | Sequence[int] | None) -> set[int]:
+    """The end tokens as a set of ints (one id, several, or none)."""
     if eos_token_id is None:
         return set()
-    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+    ids = [eos_token_id] if isinstance(eos_token_id, Integral) else list(eos_token_id)
+    if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"eos_token_id must be a token id, a list of them or None, got {eos_token_id!r}")
+    return {int(i) for i in ids}
 
 
 @torch.no_grad()
@@ -56,24 +61,30 @@ def stream(
     max_new_tokens = require_int("max_new_tokens", max_new_tokens, at_least=0)
     if input_ids.ndim != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be one non-empty prompt of shape (1, T), got {tuple(input_ids.shape)}")
+    if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
+        raise ValueError(f"stop_strings must be a list of non-empty strings, got {stop_strings!r}")
     if stop_strings and decode is None:
         raise ValueError("stop_strings need decode (ids -> text) to find them")
+    limit = getattr(getattr(model, "config", None), "max_positions", None)
+    if limit is not None and input_ids.shape[1] + max_new_tokens - 1 > limit:
+        raise ValueError(f"max_new_tokens={max_new_tokens} after a prompt of {input_ids.shape[1]} tokens "
+                         f"would go past the model's context of {limit} positions")
     sampling = sampling or SamplingConfig.greedy()
     eos = _eos_set(eos_token_id)
     was_training = model.training
     model.eval()
     try:
-        ids = input_ids
-        cache = model.new_cache(1, input_ids.shape[1] + max_new_tokens) if use_cache and max_new_tokens else None
+        ids = input_ids  # the last new token is never fed back, so the cache needs T + n - 1 positions
+        cache = model.new_cache(1, input_ids.shape[1] + max_new_tokens - 1) if use_cache and max_new_tokens else None
         new: list[int] = []
         for step in range(max_new_tokens):
             if cache is None:
-                logits = model(ids)[:, -1]
+                logits = model(ids, last_only=True)[:, -1]
             elif step == 0:
                 logits = prefill(model, ids, cache)
             else:
                 logits = decode_step(model, ids[:, -1], cache)
-            token = next_token(logits.float(), ids, sampling, generator)
+            token = next_token(logits, ids, sampling, generator)
             ids = torch.cat([ids, token[:, None]], dim=1)
             new.append(int(token))
             yield new[-1]

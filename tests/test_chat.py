@@ -51,7 +51,7 @@ def test_reply_stops_at_the_end_token_and_leaves_it_out(tokenizer):
         def new_cache(self, batch, max_len):
             return None
 
-        def forward(self, ids, cache=None):
+        def forward(self, ids, cache=None, last_only=False):
             logits = torch.zeros(1, ids.shape[1], len(tokenizer))
             logits[0, -1, self.script[min(self.calls, 2)]] = 1.0
             self.calls += 1

@@ -1,5 +1,6 @@
 """course_lib.generate on a small random Llama: cached = uncached, stopping rules, sampling, streaming."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,9 @@ def test_an_end_token_is_yielded_and_stops_the_stream(model):
     first = free.index(end)
     assert generate(model, PROMPT, 20, eos_token_id=end) == free[:first + 1]
     assert generate(model, PROMPT, 20, eos_token_id=[999, end]) == free[:first + 1]
+    assert generate(model, PROMPT, 20, eos_token_id=np.int64(end)) == free[:first + 1]
+    with pytest.raises(ValueError, match="eos_token_id must be a token id"):
+        generate(model, PROMPT, 20, eos_token_id="</s>")
 
 
 def test_a_stop_string_ends_the_stream_after_the_token_that_completes_it(model):
@@ -52,6 +56,8 @@ def test_a_stop_string_ends_the_stream_after_the_token_that_completes_it(model):
     assert stop in decode(got) and stop not in decode(got[:-1]) and got == free[:len(got)]
     with pytest.raises(ValueError, match="stop_strings need decode"):
         generate(model, PROMPT, 5, stop_strings=["x"])
+    with pytest.raises(ValueError, match="stop_strings must be a list of non-empty strings, got 't9'"):
+        generate(model, PROMPT, 5, stop_strings="t9", decode=decode)
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(model):
@@ -79,9 +85,11 @@ def test_bad_arguments_are_refused(model, ids, n, message):
         generate(model, ids, n)
 
 
-def test_zero_new_tokens_and_a_cache_just_large_enough(model):
+def test_zero_new_tokens_and_the_whole_context(model):
     assert generate(model, PROMPT, 0) == []
-    assert len(generate(model, PROMPT, 128 - 4)) == 124  # fills the whole context
+    assert len(generate(model, PROMPT, 128 - 4 + 1)) == 125  # the last token is never fed back
+    with pytest.raises(ValueError, match="max_new_tokens=126 after a prompt of 4 tokens would go past"):
+        generate(model, PROMPT, 126)
 
 
 def test_show_stream_prints_the_final_text_when_headless(capsys, monkeypatch):

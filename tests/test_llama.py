@@ -34,8 +34,14 @@ def test_config_is_read_from_a_transformers_config():
     assert (config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) == (2, 6, 2, 8)
     with pytest.raises(ValueError, match="num_kv_heads"):
         LlamaConfig(num_heads=9, num_kv_heads=2)
-    with pytest.raises(ValueError, match="rope_type"):
+    with pytest.raises(ValueError, match="rope type 'yarn'"):
         LlamaConfig.from_hf(TINY | {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}})
+    with pytest.raises(ValueError, match="rope type 'llama3'"):  # a config written before transformers 5
+        LlamaConfig.from_hf(TINY | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    with pytest.raises(ValueError, match="lacks num_hidden_layers"):
+        LlamaConfig.from_hf({k: v for k, v in TINY.items() if k != "num_hidden_layers"})
+    with pytest.raises(ValueError, match="hidden_act='gelu'"):
+        LlamaConfig.from_hf(TINY | {"hidden_act": "gelu"})
 
 
 def test_rmsnorm_matches_transformers():
@@ -129,6 +135,55 @@ def test_cached_decoding_equals_recomputing_the_whole_sequence(tiny):
     assert cache.length == 70
     with pytest.raises(ValueError, match="max_len=70"):
         ours(ids[:, :1], cache=cache)
+
+
+def test_left_padding_with_a_cache_gives_the_unpadded_logits(tiny):
+    """A batch of two prompts, the shorter padded on the left, prefilled and then decoded together:
+    each row equals its prompt run alone."""
+    _, ours = tiny
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :4] = 0  # row 1 is a 6-token prompt
+    new = torch.randint(0, 97, (2, 3), generator=torch.Generator().manual_seed(9))
+    cache = ours.new_cache(batch=2, max_len=13)
+    with torch.no_grad():
+        steps = [ours(ids, cache=cache, attention_mask=mask)[:, -1:]]
+        for t in range(3):
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+            steps.append(ours(new[:, t:t + 1], cache=cache, attention_mask=mask))
+        alone = ours(torch.cat([ids[1:, 4:], new[1:]], dim=1))[0, 5:]
+    torch.testing.assert_close(torch.cat(steps, dim=1)[1], alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(batch, cached \+ new\) = \(2, 14\)"):
+        ours(new[:, :1], cache=cache, attention_mask=mask)
+
+
+def test_a_bf16_checkpoint_gives_a_bf16_model_equal_to_transformers_in_bf16(tiny):
+    reference, _ = tiny
+    half_ref = LlamaForCausalLM(reference.config).eval()
+    half_ref.load_state_dict(reference.state_dict())
+    half_ref = half_ref.to(torch.bfloat16)
+    half = Llama.from_state_dict(LlamaConfig.from_hf(reference.config), half_ref.state_dict())
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and half.new_cache().keys[0].dtype == torch.bfloat16
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        torch.testing.assert_close(half(ids), half_ref(ids).logits, rtol=0.02, atol=0.02)
+
+
+def test_the_context_limit_is_checked_before_any_work(tiny):
+    _, ours = tiny
+    with pytest.raises(ValueError, match="129 positions exceed the context of max_positions=128"):
+        ours(torch.zeros(1, 129, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_len must be <= max_positions=128"):
+        ours.new_cache(max_len=200)
+    with pytest.raises(ValueError, match="input_ids must be a"):
+        ours([[1, 2]])
+
+
+def test_last_only_gives_the_last_positions_logits(tiny):
+    _, ours = tiny
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, last_only=True), ours(ids)[:, -1:], rtol=1e-6, atol=1e-6)
 
 
 def test_right_padding_leaves_the_real_tokens_unchanged(tiny):

