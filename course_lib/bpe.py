@@ -43,12 +43,19 @@ _CHAR_TO_BYTE = {char: byte for byte, char in _BYTE_TO_CHAR.items()}
 PRETOKENIZE_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
 
-def pretokenize(text: str) -> list[str]:
+_NUMBER_CHARACTER = regex.compile(r"(\p{N})")
+
+
+def pretokenize(text: str, split_digits: bool = False) -> list[str]:
     """Cut text into the pieces BPE works inside (merges never cross them): "I'm here!" →
-    ["I", "'m", " here", "!"]. Joined, the pieces give back the text."""
+    ["I", "'m", " here", "!"]. Joined, the pieces give back the text. ``split_digits`` first isolates
+    every number character (as the ``Digits(individual_digits=True)`` step of Llama-3's or the
+    original SmolLM2's tokenizer does), so "2024" can only ever be four tokens."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return PRETOKENIZE_PATTERN.findall(text)
+    if not split_digits:
+        return PRETOKENIZE_PATTERN.findall(text)
+    return [piece for part in _NUMBER_CHARACTER.split(text) if part for piece in PRETOKENIZE_PATTERN.findall(part)]
 
 
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -80,7 +87,8 @@ class ByteBPE:
     rank order (the first is applied first) and ``special_tokens`` (text → id, matched verbatim)."""
 
     def __init__(self, vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]],
-                 special_tokens: Mapping[str, int] | None = None) -> None:
+                 special_tokens: Mapping[str, int] | None = None, split_digits: bool = False) -> None:
+        self.split_digits = bool(split_digits)
         special_tokens = dict(special_tokens or {})
         for text, index in special_tokens.items():
             if not isinstance(text, str) or not text:
@@ -161,7 +169,7 @@ class ByteBPE:
             if position % 2:  # the capturing group puts the matched special tokens at odd positions
                 ids.append(self.special_tokens[stretch])
             else:
-                for piece in pretokenize(stretch):
+                for piece in pretokenize(stretch, self.split_digits):
                     ids.extend(self._encode_piece(piece))
         return ids
 
@@ -191,13 +199,13 @@ class ByteBPE:
     @classmethod
     def from_tokenizer_json(cls, path: str | Path) -> ByteBPE:
         """Load a Hugging Face ``tokenizer.json`` (or the folder holding it) whose model is BPE with a
-        ByteLevel pre-tokenizer, as GPT-2's and SmolLM2's are; other kinds are refused, since their ids
-        would differ. Added tokens become special tokens.
+        ByteLevel pre-tokenizer, alone (GPT-2) or after a step isolating digits (the original
+        SmolLM2); other kinds are refused, since their ids would differ. Added tokens become special
+        tokens.
 
-        SmolLM2's original tokenizer also isolates each digit before ByteLevel; the copy bundled here
-        (converted from GGUF) has no such step. Its merges never join an ASCII digit to anything, so
-        the ids agree on ordinary text, but not where a run of 2+ spaces or newlines precedes a digit
-        ("a  1") or for non-ASCII numerals ("²")."""
+        The SmolLM2 copy bundled here (converted from GGUF) has no digit step. Its merges never join
+        an ASCII digit to anything, so the two agree on ordinary text, but not where a run of 2+
+        spaces or newlines precedes a digit ("a  1") or for non-ASCII numerals ("²")."""
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
@@ -205,6 +213,9 @@ class ByteBPE:
             raise FileNotFoundError(f"no tokenizer at {path} (expected a Hugging Face tokenizer.json)")
         spec = json.loads(path.read_text(encoding="utf-8"))
         model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        split_digits = len(steps) == 2 and steps[0] == {"type": "Digits", "individual_digits": True}
+        pre = steps[-1] if split_digits else pre
 
         def refuse(what: str) -> ValueError:
             return ValueError(f"{path}: only byte-level BPE tokenizers (like GPT-2's or SmolLM2's) are "
@@ -240,7 +251,7 @@ class ByteBPE:
             if len(parts) != 2:
                 raise refuse(f"the merge {merge!r} is not a pair")
             merges.append((to_bytes(parts[0]), to_bytes(parts[1])))
-        return cls(vocab, merges, special_tokens)
+        return cls(vocab, merges, special_tokens, split_digits)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = False) -> ByteBPE:

@@ -63,7 +63,7 @@ def model_folder(cache: Path | None = None) -> Path:
 
     from course_lib.runtime import progress_bars_hidden_when_headless
 
-    print(f"dequantising {gguf.name} to float32 (once, about half a minute) ...", flush=True)
+    print(f"dequantising {gguf.name} to float32 (once, about 20 s) ...", flush=True)
     with progress_bars_hidden_when_headless():
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -188,6 +188,22 @@ def test_digit_splitting_of_the_original_smollm2_changes_no_ids_on_ordinary_text
         assert hf_ids(split, text) != hf_ids(hf, text) == smol.encode(text)
 
 
+def test_the_original_digit_splitting_tokenizer_is_read_and_matched(tmp_path, tokenizer_json, reviews):
+    """A tokenizer.json with SmolLM2's original pre-tokenizer (digits isolated, then ByteLevel), as an
+    online learner downloads it: ours reads it and gives the tokenizers library's ids, exceptions included."""
+    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    original = tmp_path / "tokenizer.json"
+    original.write_text(json.dumps(spec), encoding="utf-8")
+    ours, theirs = ByteBPE.from_tokenizer_json(original), Tokenizer.from_file(str(original))
+    assert ours.split_digits
+    for text in ["a  1", "x\n\n2", "a ²", "In 2024, 3.5% of 1,000 (Ⅻ ½ ٣)"] + list(reviews[:100]):
+        assert ours.encode(text) == hf_ids(theirs, text), repr(text)
+    assert pretokenize("a  12", split_digits=True) == ["a", "  ", "1", "2"]  # the spaces no longer lean on a digit
+
+
 # ---------------------------------------------------------------- round trips
 
 def test_round_trip_of_arbitrary_unicode_with_a_full_byte_vocabulary(trained):
