@@ -11,6 +11,8 @@ so later loads take a second instead of half a minute. See ``data/README.md``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -61,10 +63,8 @@ def model_folder(cache: Path | None = None) -> Path:
     gguf = gguf_path(cache)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from course_lib.runtime import progress_bars_hidden_when_headless
-
     print(f"dequantising {gguf.name} to float32 (once, about 20 s) ...", flush=True)
-    with progress_bars_hidden_when_headless():
+    with _quiet_when_headless():
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.hf_quantizer = None
@@ -72,8 +72,9 @@ def model_folder(cache: Path | None = None) -> Path:
         del model.config.quantization_config
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".convert-"))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with _quiet_when_headless():
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         for path in [staging, *staging.iterdir()]:  # readable by other users, e.g. the grader's sandbox
             path.chmod(0o755 if path.is_dir() else 0o644)
         if _complete(folder):  # another process finished first: keep its folder
@@ -84,6 +85,19 @@ def model_folder(cache: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _quiet_when_headless() -> contextlib.ExitStack:
+    """When nobody watches: transformers' progress bars off, and stderr sent nowhere, since the GGUF
+    converter and ``save_pretrained`` draw plain tqdm bars there that no library switch hides
+    (errors still raise)."""
+    from course_lib.runtime import headless, progress_bars_hidden_when_headless
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(progress_bars_hidden_when_headless())
+    if headless():
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
 
 
 def _complete(folder: Path) -> bool:
