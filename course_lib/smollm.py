@@ -12,11 +12,12 @@ so later loads take a second instead of half a minute. See ``data/README.md``.
 from __future__ import annotations
 
 import contextlib
-import io
+import functools
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from course_lib.data import DataError, cache_dir
@@ -87,17 +88,25 @@ def model_folder(cache: Path | None = None) -> Path:
     return folder
 
 
-def _quiet_when_headless() -> contextlib.ExitStack:
-    """When nobody watches: transformers' progress bars off, and stderr sent nowhere, since the GGUF
-    converter and ``save_pretrained`` draw plain tqdm bars there that no library switch hides
-    (errors still raise)."""
+@contextlib.contextmanager
+def _quiet_when_headless() -> Iterator[None]:
+    """When nobody watches, no progress bars: transformers' own switch, and a silenced copy of the
+    plain ``tqdm`` that its GGUF converter draws (in a kernel, tqdm.auto would store a widget's text
+    in the executed notebook), put back afterwards."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loader
+
     from course_lib.runtime import headless, progress_bars_hidden_when_headless
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(progress_bars_hidden_when_headless())
-    if headless():
-        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    return stack
+    with progress_bars_hidden_when_headless():
+        if not headless():
+            yield
+            return
+        bar = gguf_loader.tqdm
+        gguf_loader.tqdm = functools.partial(bar, disable=True)
+        try:
+            yield
+        finally:
+            gguf_loader.tqdm = bar
 
 
 def _complete(folder: Path) -> bool:

@@ -74,3 +74,16 @@ def test_the_model_folder_holds_smollm2_135m_with_its_chat_template():
     assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>" in tokenizer.chat_template
     assert smollm.resolve_model("bundled") == str(folder)
     assert smollm.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == smollm.HUB_ID  # online learners
+
+
+def test_the_converters_progress_bar_is_silenced_only_when_headless_and_restored(monkeypatch):
+    from transformers import modeling_gguf_pytorch_utils as gguf_loader
+
+    original = gguf_loader.tqdm
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    with smollm._quiet_when_headless():
+        assert gguf_loader.tqdm([1, 2]).disable  # an executed notebook stores no bar
+    assert gguf_loader.tqdm is original
+    monkeypatch.setenv("COURSE_HEADLESS", "0")
+    with smollm._quiet_when_headless():
+        assert gguf_loader.tqdm is original  # a learner watching sees the bar
