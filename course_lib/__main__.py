@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_lib run|execute|lab|doctor|exercises|grade|clean|serve``. Thin: parses arguments and
+"""Command line: ``python -m course_lib run|execute|lab|doctor|exercises|grade|clean|serve|serve-chat``. Thin: parses arguments and
 calls the modules that do the work."""
 
 from __future__ import annotations
@@ -169,6 +169,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_chat(args: argparse.Namespace) -> int:
+    from course_lib.chat_service import serve_chat
+
+    if args.model is not None and not (args.model / "config.json").is_file():
+        print(f"error: {args.model} is not a model folder (no config.json)", file=sys.stderr)
+        return 2
+    serve_chat(args.model, adapter=args.adapter, host=args.host, port=args.port, threads=args.threads,
+               model_name=args.name, max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+               parent_pid=args.parent_pid)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=1, help="compute threads for inference (default: 1)")
     serve.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone (used by notebooks)")
     serve.set_defaults(handler=_serve)
+
+    chat = commands.add_parser("serve-chat", help="serve a chat model with an OpenAI-compatible API (/v1/chat/completions)")
+    chat.add_argument("--model", type=Path, default=None, help="transformers folder (default: the bundled SmolLM2-135M-Instruct)")
+    chat.add_argument("--adapter", type=Path, default=None, help="a LoRA adapter folder to merge into the model")
+    chat.add_argument("--name", default=None, help="the model name the API reports (default: the folder's name)")
+    chat.add_argument("--host", default="127.0.0.1")
+    chat.add_argument("--port", type=int, default=8000)
+    chat.add_argument("--threads", type=int, default=1, help="compute threads for generation (default: 1)")
+    chat.add_argument("--max-prompt-tokens", type=int, default=512, help="longest prompt accepted (default: 512)")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="longest answer (default: 256)")
+    chat.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone (used by notebooks)")
+    chat.set_defaults(handler=_serve_chat)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The client side of chapter 10: a load test of the classifier service (latency percentiles and
-throughput at a given concurrency), the side-by-side comparison of backends, and its table.
+throughput at a given concurrency), the side-by-side comparison of backends, and its table; and
+chapter 13's streaming load test of the chat service (time to first token, tokens/s).
 
 Kept apart from :mod:`course_lib.serve` (the service itself): a load test is what a client runs,
 often from another machine, and needs only an HTTP client.
@@ -121,4 +122,135 @@ def load_table(results: Sequence[LoadResult], baseline: str | None = None) -> st
         ratio = f"{r.throughput / base[r.concurrency]:.2f}x" if r.concurrency in base else "-"
         lines.append(f"{r.name:<{width}}  {r.percentile_ms(50):>7.1f}  {r.percentile_ms(95):>7.1f}  "
                      f"{r.percentile_ms(99):>7.1f}  {r.throughput:>7.1f}  {r.failures:>6}  {ratio}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ChatLoadResult:
+    """What a streaming load test of the chat service saw, per answered request: the time to the
+    first piece of text, the time to the whole answer (seconds) and the tokens generated; plus the
+    failed requests and the wall time of the whole run."""
+
+    name: str
+    first_token: tuple[float, ...]
+    total: tuple[float, ...]
+    tokens: tuple[int, ...]
+    failures: int
+    seconds: float
+    concurrency: int
+
+    @property
+    def requests(self) -> int:
+        return len(self.total) + self.failures
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of wall time, all requests together."""
+        return sum(self.tokens) / self.seconds
+
+    def first_token_ms(self, q: float | None = None) -> float:
+        """The mean time to first token (``q`` None) or its ``q``-th percentile, in milliseconds."""
+        return _statistic_ms(self.first_token, q)
+
+    def total_ms(self, q: float | None = None) -> float:
+        """The mean time to the whole answer (``q`` None) or its ``q``-th percentile, in milliseconds."""
+        return _statistic_ms(self.total, q)
+
+
+def _statistic_ms(values: Sequence[float], q: float | None) -> float:
+    import numpy as np
+
+    if not values:
+        return float("nan")
+    return (float(np.mean(values)) if q is None else float(np.percentile(values, q))) * 1e3
+
+
+def chat_load_test(base_url: str, prompts: Sequence[str], concurrency: int = 1, requests: int = 8,
+                   max_tokens: int = 48, warmup: int = 1, timeout: float = 120.0, model: str = "served",
+                   name: str = "") -> ChatLoadResult:
+    """Send ``requests`` streaming chat completions (greedy, one user message each, cycling through
+    ``prompts``) to ``base_url`` (the OpenAI client's: ``http://host:port/v1``) from
+    ``concurrency`` threads, after ``warmup`` untimed ones, and time each answer's first text
+    and end. A request fails when it gets no answer within ``timeout`` seconds of silence, a
+    non-200 status, an error event or no ``[DONE]``."""
+    import json
+
+    import httpx
+
+    requests, concurrency = require_int("requests", requests), require_int("concurrency", concurrency)
+    max_tokens, warmup = require_int("max_tokens", max_tokens), require_int("warmup", warmup, at_least=0)
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty sequence of str")
+    url = f"{base_url.rstrip('/')}/chat/completions"
+
+    def one(client: httpx.Client, prompt: str) -> tuple[float, float, int] | None:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        start = time.perf_counter()
+        first, tokens, done = None, None, False
+        try:
+            with client.stream("POST", url, json=body) as response:
+                if response.status_code != 200:
+                    return None
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(line[len("data: "):])
+                    if "error" in chunk:
+                        return None
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    if first is None and any(c["delta"].get("content") for c in chunk.get("choices", ())):
+                        first = time.perf_counter() - start
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+        if not done or tokens is None:
+            return None
+        total = time.perf_counter() - start
+        return (total if first is None else first), total, tokens
+
+    with httpx.Client(timeout=timeout) as client:
+        for i in range(warmup):
+            if one(client, prompts[i % len(prompts)]) is None:
+                raise RuntimeError(f"the warm-up request to {url} failed")
+
+    jobs = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> tuple[list[tuple[float, float, int]], int]:
+        answered, failures = [], 0
+        with httpx.Client(timeout=timeout) as client:
+            while True:
+                with lock:
+                    i = next(jobs, None)
+                if i is None:
+                    return answered, failures
+                outcome = one(client, prompts[i % len(prompts)])
+                if outcome is None:
+                    failures += 1
+                else:
+                    answered.append(outcome)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(lambda _: worker(), range(concurrency)))
+    seconds = time.perf_counter() - start
+    answered = [a for done, _ in outcomes for a in done]
+    return ChatLoadResult(name or f"@{concurrency}", tuple(a[0] for a in answered), tuple(a[1] for a in answered),
+                          tuple(a[2] for a in answered), sum(f for _, f in outcomes), seconds, concurrency)
+
+
+def chat_load_table(results: Sequence[ChatLoadResult]) -> str:
+    """The streaming load-test results as a text table, one row per run."""
+    if not results:
+        raise ValueError("results must not be empty")
+    lines = [f"{'concurrency':>11}  {'requests':>8}  {'failed':>6}  {'TTFT mean ms':>12}  {'TTFT p50 ms':>11}  "
+             f"{'TTFT p95 ms':>11}  {'total mean s':>12}  {'tokens/s':>8}"]
+    for r in results:
+        lines.append(f"{r.concurrency:>11}  {r.requests:>8}  {r.failures:>6}  {r.first_token_ms():>12.0f}  "
+                     f"{r.first_token_ms(50):>11.0f}  {r.first_token_ms(95):>11.0f}  {r.total_ms() / 1e3:>12.2f}  "
+                     f"{r.tokens_per_s:>8.1f}")
     return "\n".join(lines)

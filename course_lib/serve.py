@@ -233,9 +233,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         if self.process is not None:
             raise RuntimeError(f"this service was started before (PID {self.pid}); make a new ServiceProcess")
-        command = [sys.executable, "-m", "course_lib", "serve", "--model", str(self.folder), "--backend", self.backend,
-                   "--host", self.host, "--port", str(self.port), "--threads", str(self.threads),
-                   "--parent-pid", str(os.getpid())]
+        command = self.command()
         environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
         atexit.register(self.stop)
@@ -245,6 +243,12 @@ class ServiceProcess:
             self.stop()
             raise
         return self
+
+    def command(self) -> list[str]:
+        """The command line that runs the server (a subclass may start another service this way)."""
+        return [sys.executable, "-m", "course_lib", "serve", "--model", str(self.folder), "--backend", self.backend,
+                "--host", self.host, "--port", str(self.port), "--threads", str(self.threads),
+                "--parent-pid", str(os.getpid())]
 
     def _wait_until_healthy(self) -> None:
         import httpx
