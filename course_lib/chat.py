@@ -57,3 +57,29 @@ def reply(model: nn.Module, tokenizer, messages: Sequence[Mapping[str, str]], ma
     end = tokenizer.convert_tokens_to_ids(END)
     new = generate(model, ids, max_new_tokens, sampling, eos_token_id=end, generator=generator)
     return tokenizer.decode([t for t in new if t != end]).strip()
+
+
+def replies(model: nn.Module, tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
+            max_new_tokens: int = 64, sampling: SamplingConfig | None = None, batch_size: int = 32,
+            generator: torch.Generator | None = None, progress: bool = False) -> list[str]:
+    """The assistant's next message for many conversations, ``batch_size`` at a time (left-padded
+    batches, one cached step per token for the whole batch): what evaluating a model on hundreds of
+    prompts needs. Greedy unless ``sampling`` says otherwise."""
+    from tqdm.auto import tqdm
+
+    from course_lib.arguments import require_int
+    from course_lib.generate import generate_batch
+
+    batch_size = require_int("batch_size", batch_size)
+    end = tokenizer.convert_tokens_to_ids(END)
+    prompts = [tokenizer.encode(chatml(c), add_special_tokens=False) for c in conversations]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
+    texts: list[str] = [""] * len(prompts)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="generating", disable=not progress, leave=False):
+        rows = order[start:start + batch_size]
+        new = generate_batch(model, [prompts[i] for i in rows], max_new_tokens, sampling, eos_token_id=end,
+                             pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+        for i, ids in zip(rows, new):
+            texts[i] = tokenizer.decode([t for t in ids if t != end]).strip()
+    return texts

@@ -120,3 +120,46 @@ def show_stream(tokens: Iterator[int], decode: Callable[[list[int]], str], prefi
     else:
         print(prefix + text)
     return text
+
+
+@torch.no_grad()
+def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   sampling: SamplingConfig | None = None, *, eos_token_id: int | Sequence[int] | None = None,
+                   pad_token_id: int = 0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """New token ids for several prompts at once: the prompts are padded on the left (their real
+    tokens end together, so every new token lands in the same column), one prefill fills the cache,
+    then one cached step per token serves the whole batch; a row stops at its end token (kept).
+    Rotary positions shift by the padding, which leaves every query–key distance, and so the
+    result, as one prompt alone gives it."""
+    max_new_tokens = require_int("max_new_tokens", max_new_tokens, at_least=0)
+    if isinstance(prompts, torch.Tensor) or not prompts or not all(len(p) > 0 for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of non-empty token-id lists, got {prompts!r:.80}")
+    sampling = sampling or SamplingConfig.greedy()
+    eos = _eos_set(eos_token_id)
+    device = next(model.parameters()).device
+    longest = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_token_id] * (longest - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
+    new: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens == 0:
+        return new
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(len(prompts), longest + max_new_tokens - 1)
+        logits = model(ids, cache=cache, attention_mask=mask, last_only=True)[:, -1]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            token = next_token(logits, ids, sampling, generator)
+            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            for row in (~done).nonzero().flatten().tolist():
+                new[row].append(int(token[row]))
+            done |= torch.tensor([int(t) in eos for t in token.tolist()], device=device)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+            logits = model(token[:, None], cache=cache, attention_mask=mask, last_only=True)[:, -1]
+    finally:
+        model.train(was_training)
+    return new

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.generate import generate, show_stream, stream
+from course_lib.generate import generate, generate_batch, show_stream, stream
 from course_lib.llama import Llama, LlamaConfig
 from course_lib.sampling import SamplingConfig
 
@@ -96,3 +96,30 @@ def test_show_stream_prints_the_final_text_when_headless(capsys, monkeypatch):
     monkeypatch.setenv("COURSE_HEADLESS", "1")
     text = show_stream(iter([1, 2, 3]), lambda ids: "".join("abc"[i - 1] for i in ids), prefix="> ")
     assert text == "abc" and capsys.readouterr().out == "> abc\n"
+
+
+def test_a_batch_of_prompts_of_different_lengths_gives_each_prompt_alone(model):
+    prompts = [[3, 7, 1, 4], [9], [5, 6, 7, 8, 9, 10, 11], [2, 2]]
+    batch = generate_batch(model, prompts, 20)
+    assert batch == [generate(model, torch.tensor([p]), 20) for p in prompts]
+
+
+def test_a_batch_row_stops_at_its_end_token_and_the_others_go_on(model):
+    prompts = [[3, 7, 1, 4], [5, 6, 7]]
+    alone = [generate(model, torch.tensor([p]), 20) for p in prompts]
+    end = alone[0][5]
+    stopped = generate_batch(model, prompts, 20, eos_token_id=end)
+    assert stopped == [generate(model, torch.tensor([p]), 20, eos_token_id=end) for p in prompts]
+    assert stopped[0][-1] == end and len(stopped[0]) <= 6
+    assert generate_batch(model, prompts, 0) == [[], []]
+
+
+def test_seeded_batch_sampling_is_reproducible_and_bad_prompts_are_refused(model):
+    sampled = SamplingConfig(temperature=1.0, top_p=0.9)
+    a = generate_batch(model, [[1, 2], [3]], 15, sampled, generator=torch.Generator().manual_seed(3))
+    b = generate_batch(model, [[1, 2], [3]], 15, sampled, generator=torch.Generator().manual_seed(3))
+    assert a == b and a != generate_batch(model, [[1, 2], [3]], 15)
+    with pytest.raises(ValueError, match="prompts"):
+        generate_batch(model, [[1], []], 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_batch(model, [[1]], -1)
