@@ -236,3 +236,31 @@ def test_a_tiny_dpo_run_learns_the_preferences():
     assert history[-1].loss < 0.6 * math.log(2)
     assert history[-1].margins.min() > 0
     assert dpo.implicit_reward_accuracy(policy, batches, references, beta=0.1) == 1.0
+
+
+def test_train_dpo_checks_its_inputs_and_records_every_step():
+    model = _tiny_llama(3)
+    batches = [dpo.pad_pairs(PAIRS[:2], 0), dpo.pad_pairs(PAIRS[2:], 0)]
+    references = dpo.reference_logprobs(model, batches)
+    history = dpo.train_dpo(model, batches, references, steps=6, beta=0.5, lr=5e-3, progress=False)
+    assert len(history.loss) == len(history.margin) == len(history.accuracy) == 6
+    assert history.loss[0] == pytest.approx(math.log(2), abs=1e-5) and history.loss[-1] < history.loss[0]
+    assert not model.training
+    with pytest.raises(ValueError, match="equally long"):
+        dpo.train_dpo(model, batches, references[:1], steps=1, progress=False)
+    with pytest.raises(ValueError, match="trainable"):
+        dpo.train_dpo(model.requires_grad_(False), batches, references, steps=1, progress=False)
+
+
+def test_mean_token_kl_is_zero_for_one_model_and_matches_the_formula_otherwise():
+    policy, reference = _tiny_llama(4), _tiny_llama(5)
+    batch = dpo.pad_pairs(PAIRS, 0)
+    assert dpo.mean_token_kl(policy, copy.deepcopy(policy), [batch]) == pytest.approx(0.0, abs=1e-6)
+    kl = dpo.mean_token_kl(policy, reference, [batch])
+    keep = batch["labels"][:, 1:] != -100
+    with torch.no_grad():
+        p = F.log_softmax(policy(batch["input_ids"], attention_mask=batch["attention_mask"])[:, :-1][keep], -1)
+        q = F.log_softmax(reference(batch["input_ids"], attention_mask=batch["attention_mask"])[:, :-1][keep], -1)
+    expected = F.kl_div(q, p, log_target=True, reduction="sum").item() / int(keep.sum())  # KL(p ‖ q)
+    assert kl == pytest.approx(expected, rel=1e-4) and kl > 0
+    assert dpo.mean_token_kl(reference, policy, [batch]) != pytest.approx(kl, rel=1e-3)  # not symmetric

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from build_cases import BUILD
+from alignment_cases import CH13
 from llm_cases import CH12
 
 from course_lib import grading
@@ -485,6 +486,7 @@ def _freeze(model, keep, unfreeze=True, freeze=True, count="elements"):
 
 CASES.update({exercise: entry[:3] for exercise, entry in BUILD.items()})
 CASES.update({exercise: entry[:3] for exercise, entry in CH12.items()})
+CASES.update({exercise: entry[:3] for exercise, entry in CH13.items()})
 
 
 def test_every_registered_exercise_is_tested_here():
@@ -514,6 +516,7 @@ def test_untouched_stub_is_not_yet_solved(exercise, capsys):
     stub = type("Stub", (_SiLU,), {"backward": staticmethod(_stub)}) if exercise == "2.4" else _stub
     stub = BUILD[exercise][3] if exercise in BUILD else stub
     stub = CH12[exercise][3] if exercise in CH12 else stub
+    stub = CH13[exercise][3] if exercise in CH13 else stub
     check(stub)
     assert capsys.readouterr().out.startswith(f"Exercise {exercise} not yet solved")
 

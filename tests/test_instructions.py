@@ -197,3 +197,20 @@ def test_argument_errors():
         ins.chitchat_conversations(10**6)
     with pytest.raises(ValueError, match="reply must be a str, got NoneType"):
         ins.score(_example("count"), None)
+
+
+def test_report_scores_each_reply_and_gives_rates_by_task():
+    splits = ins.build_instruction_data(per_task={"train": 2, "validation": 1, "test": 2})
+    examples = splits["test"]
+    replies = [e.answer if i % 2 == 0 else "I cannot say." for i, e in enumerate(examples)]
+    rep = ins.report(examples, replies)
+    assert rep.correct == tuple(i % 2 == 0 for i in range(len(examples)))
+    assert rep.accuracy() == pytest.approx(sum(rep.correct) / len(examples))
+    task = examples[0].task
+    chosen = [c for c, e in zip(rep.correct, examples) if e.task == task]
+    assert rep.accuracy(task) == pytest.approx(sum(chosen) / len(chosen))
+    assert rep.format_rate() <= 1 and rep.mean_length == pytest.approx(sum(map(len, replies)) / len(replies))
+    with pytest.raises(ValueError, match="task"):
+        rep.accuracy("poetry")
+    with pytest.raises(ValueError, match="equally long"):
+        ins.report(examples, replies[:-1])

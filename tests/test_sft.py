@@ -148,3 +148,45 @@ def test_lora_sft_learns_a_fixed_reply(pair):
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" not in n)
     with pytest.raises(ValueError, match="trainable"):
         sft.train_sft(copy.deepcopy(ours).requires_grad_(False), data, 0, steps=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tokenizer):
+    """A small random Llama with the real tokenizer, saved as a transformers folder."""
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    config = HFConfig(**(TINY | {"vocab_size": len(tokenizer)}), attn_implementation="eager")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_merged_model_saves_as_a_folder_both_libraries_load(tiny_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = Llama.from_pretrained(tiny_folder)
+    lora.inject_lora(model, ["q_proj", "down_proj"], r=2, alpha=4)
+    torch.manual_seed(3)
+    for layer in lora.lora_layers(model).values():
+        layer.lora_B.data.normal_(0, 0.5)  # an update that changes the outputs
+    ids = torch.tensor([[5, 17, 300, 42, 7]])
+    with torch.no_grad():
+        before = model(ids)
+        assert not torch.allclose(before, Llama.from_pretrained(tiny_folder)(ids), atol=1e-3)
+        with pytest.raises(ValueError, match="LoRA layers"):
+            sft.save_merged(model, tmp_path / "merged", tiny_folder)
+        size = sft.save_merged(lora.unload_lora(model), tmp_path / "merged", tiny_folder)
+        assert size == (tmp_path / "merged" / "model.safetensors").stat().st_size
+        assert (tmp_path / "merged" / "tokenizer.json").is_file() and (tmp_path / "merged" / "config.json").is_file()
+        torch.testing.assert_close(Llama.from_pretrained(tmp_path / "merged")(ids), before, atol=1e-5, rtol=1e-5)
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        torch.testing.assert_close(hf(ids).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def test_trls_sft_trainer_runs_on_the_same_examples(tiny_folder):
+    from course_lib import instructions
+
+    examples = instructions.build_instruction_data(per_task={"train": 4, "validation": 1, "test": 1})["train"]
+    losses = sft.trl_sft(examples, str(tiny_folder), steps=3, batch_size=4, lr=1e-2, warmup=1,
+                         target_modules=["q_proj", "v_proj"])
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
