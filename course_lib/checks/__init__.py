@@ -108,6 +108,11 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
              ("course_lib.generate:stream", "course_lib.generate:generate", "course_lib.generate:prefill",
               "course_lib.generate:decode_step")),
     Exercise("12.7", "top-p (nucleus) filtering", "check_top_p", ("course_lib.sampling:top_p_filter",)),
+    Exercise("13.1", "build the assistant-only labels", "check_assistant_labels",
+             ("course_lib.sft:assistant_labels",), points=3),
+    Exercise("13.2", "the log-probability of a sequence", "check_sequence_logprob",
+             ("course_lib.dpo:sequence_logprobs",)),
+    Exercise("13.3", "the DPO loss", "check_dpo_loss", ("course_lib.dpo:dpo_loss",)),
 )}
 
 BY_CHECK: dict[str, Exercise] = {e.check: e for e in EXERCISES.values()}
