@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.arguments import require_int
+from course_lib.sft import scored_logits
 
 IGNORE_INDEX = -100  # the label of a position that is not scored (prompt and padding), as in transformers
 
@@ -127,12 +128,13 @@ def pair_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, T
     """The (B,) summed completion log-probabilities of the chosen and of the rejected completions,
     from one forward of a :func:`pad_pairs` batch. ``model`` is the course's ``Llama`` (which returns
     logits) or a ``transformers`` causal LM (whose output has ``.logits``)."""
-    if batch["input_ids"].shape[0] % 2:
-        raise ValueError(f"batch must hold 2B rows (chosen then rejected), got {batch['input_ids'].shape[0]}")
-    device = next(model.parameters()).device
-    output = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-    logits = getattr(output, "logits", output)
-    chosen, rejected = sequence_logprobs(logits, batch["labels"].to(device)).chunk(2)
+    rows_in_batch = batch["input_ids"].shape[0]
+    if rows_in_batch % 2:
+        raise ValueError(f"batch must hold 2B rows (chosen then rejected), got {rows_in_batch}")
+    logits, targets, rows = scored_logits(model, batch)  # what sequence_logprobs computes, on scored positions only
+    token_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(rows_in_batch, device=logits.device).index_add(0, rows, token_logprobs)
+    chosen, rejected = sums.chunk(2)
     return chosen, rejected
 
 
@@ -231,16 +233,8 @@ def mean_token_kl(policy: nn.Module, reference: nn.Module, batches: Iterable[dic
     total, count = 0.0, 0
     with _evaluating(policy), _evaluating(reference):
         for batch in batches:
-            device = next(policy.parameters()).device
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-            keep = batch["labels"].to(device)[:, 1:] != IGNORE_INDEX
-            p = F.log_softmax(_logits(policy, inputs)[:, :-1][keep].float(), dim=-1)
-            q = F.log_softmax(_logits(reference, inputs)[:, :-1][keep].float(), dim=-1)
+            p = F.log_softmax(scored_logits(policy, batch)[0].float(), dim=-1)
+            q = F.log_softmax(scored_logits(reference, batch)[0].float(), dim=-1)
             total += float((p.exp() * (p - q)).sum())
-            count += int(keep.sum())
+            count += p.shape[0]
     return total / count
-
-
-def _logits(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
-    output = model(**inputs)
-    return getattr(output, "logits", output)

@@ -253,6 +253,13 @@ class Llama(nn.Module):
         tokens follow them); right padding is right only in one forward without a cache (training).
         ``last_only`` computes the logits of the last position only (B, 1, vocab): all that
         generation needs, and the output layer is a large share of a small model's work."""
+        hidden = self.hidden_states(input_ids, cache, attention_mask)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden)
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output after the final RMSNorm (B, T, hidden), before the output layer:
+        a loss on a few positions (fine-tuning on the answer only) applies ``lm_head`` to those alone."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
             got = f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be a (B, T) tensor of integer token ids, got {got}")
@@ -271,9 +278,7 @@ class Llama(nn.Module):
             x = layer(x, cos, sin, cache, key_padding)
         if cache is not None:
             cache.advance(t)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     @classmethod
     def from_state_dict(cls, config: LlamaConfig, state: dict[str, torch.Tensor]) -> Llama:

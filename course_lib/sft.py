@@ -107,18 +107,29 @@ def batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int
             return
 
 
-def token_losses(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """The summed cross-entropy of a batch's labelled tokens and how many there are: logits at
-    position t predict the label at t + 1. Works with the course's Llama and with a ``transformers``
-    causal LM (whose output carries ``.logits``)."""
+def scored_logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits (N, vocab) at the N positions whose next token is labelled, those labels (N,),
+    and the row each comes from (N,): logits at position t predict the label at t + 1. With the
+    course's Llama the output layer runs on those positions only (an answer is a tenth of a
+    conversation, and SmolLM2's 49,152-word output layer is a fifth of its work per token); a
+    ``transformers`` causal LM computes every position and the rest are dropped."""
     device = next(model.parameters()).device
-    output = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-    logits = getattr(output, "logits", output)
+    input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)[:, 1:]
-    logits = logits[:, :-1]
     keep = labels != IGNORE
-    loss = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
-    return loss, int(keep.sum())
+    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+        logits = model.lm_head(model.hidden_states(input_ids, attention_mask=mask)[:, :-1][keep])
+    else:
+        output = model(input_ids, attention_mask=mask)
+        logits = getattr(output, "logits", output)[:, :-1][keep]
+    return logits, labels[keep], keep.nonzero()[:, 0]
+
+
+def token_losses(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The summed cross-entropy of a batch's labelled tokens and how many there are. Works with the
+    course's Llama and with a ``transformers`` causal LM (whose output carries ``.logits``)."""
+    logits, targets, _ = scored_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
 
 
 @torch.no_grad()
