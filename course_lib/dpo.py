@@ -188,7 +188,7 @@ class DPOHistory:
 
 
 def train_dpo(policy: nn.Module, batches: Sequence[dict[str, Tensor]], references: Sequence[tuple[Tensor, Tensor]],
-              steps: int, beta: float = 0.1, lr: float = 5e-4, seed: int = 0, max_grad_norm: float = 1.0,
+              steps: int, beta: float = 0.1, lr: float = 1e-4, seed: int = 0, max_grad_norm: float = 1.0,
               progress: bool = True) -> DPOHistory:
     """Train the policy's trainable parameters (e.g. LoRA's) with the DPO loss for ``steps`` AdamW
     steps, one batch each, visiting the batches in a new seeded order every epoch; the reference

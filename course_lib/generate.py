@@ -140,6 +140,9 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     longest = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_token_id] * (longest - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
+    # what the repetition penalty sees: each row's own tokens, its padding filled with its first real
+    # token (already in the row, so the set of seen tokens is the row's alone)
+    seen = torch.tensor([[p[0]] * (longest - len(p)) + list(p) for p in prompts], device=device)
     new: list[list[int]] = [[] for _ in prompts]
     if max_new_tokens == 0:
         return new
@@ -150,14 +153,14 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
         logits = model(ids, cache=cache, attention_mask=mask, last_only=True)[:, -1]
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
-            token = next_token(logits, ids, sampling, generator)
+            token = next_token(logits, seen, sampling, generator)
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
             for row in (~done).nonzero().flatten().tolist():
                 new[row].append(int(token[row]))
             done |= torch.tensor([int(t) in eos for t in token.tolist()], device=device)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            ids = torch.cat([ids, token[:, None]], dim=1)
+            seen = torch.cat([seen, token[:, None]], dim=1)
             mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
             logits = model(token[:, None], cache=cache, attention_mask=mask, last_only=True)[:, -1]
     finally:

@@ -96,6 +96,8 @@ def batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int
     """Endless padded batches: each epoch in a new seeded order (or in order when not ``shuffle``,
     one pass); examples of similar length are not grouped, so padding is what a plain loader pays."""
     batch_size = require_int("batch_size", batch_size)
+    if not examples:
+        raise ValueError("examples must be a non-empty list of Encoded conversations, got an empty one")
     rng = random.Random(seed)
     while True:
         order = list(range(len(examples)))
@@ -236,6 +238,7 @@ def save_merged(model: nn.Module, folder, base_folder) -> int:
     folder: the base folder's config and tokenizer files, and the weights under ``transformers``'
     names (``model.`` prefix; the output layer left out when it is the tied embedding). Returns the
     bytes of the weights file."""
+    import json
     import shutil
     from pathlib import Path
 
@@ -247,9 +250,13 @@ def save_merged(model: nn.Module, folder, base_folder) -> int:
         raise ValueError("model still has LoRA layers: merge them first with course_lib.lora.unload_lora")
     folder, base_folder = Path(folder), Path(base_folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for item in base_folder.iterdir():
-        if item.is_file() and item.name != "model.safetensors":
+    for item in base_folder.iterdir():  # config and tokenizer files; the weights are written below
+        if item.is_file() and not item.name.endswith((".safetensors", ".safetensors.index.json", ".bin")):
             shutil.copy2(item, folder / item.name)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    config["dtype"] = str(model.embed_tokens.weight.dtype).removeprefix("torch.")  # what the weights now are
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tied = model.lm_head.weight is model.embed_tokens.weight
     state = {("" if name == "lm_head.weight" else "model.") + name: t.detach().contiguous()
              for name, t in model.state_dict().items()
@@ -258,7 +265,8 @@ def save_merged(model: nn.Module, folder, base_folder) -> int:
     return (folder / "model.safetensors").stat().st_size
 
 
-def trl_sft(examples: Sequence, model_name: str, steps: int, batch_size: int = 8, lr: float = 1e-3, warmup: int = 0,
+def trl_sft(examples: Sequence, model_name: str, steps: int, batch_size: int = 8, accumulation: int = 1,
+            lr: float = 1e-3, warmup: int = 0,
             r: int = 8, alpha: float = 16.0, target_modules: Sequence[str] = (), seed: int = 0) -> list[float]:
     """The library route on the same data: ``trl``'s ``SFTTrainer`` with a ``peft`` LoRA of the same
     rank, targets and schedule, trained on prompt–completion conversations (its
@@ -279,6 +287,7 @@ def trl_sft(examples: Sequence, model_name: str, steps: int, batch_size: int = 8
             for e in examples]
     with tempfile.TemporaryDirectory() as output, progress_bars_hidden_when_headless():
         config = SFTConfig(output_dir=output, max_steps=require_int("steps", steps), per_device_train_batch_size=batch_size,
+                           gradient_accumulation_steps=require_int("accumulation", accumulation),
                            learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=warmup, weight_decay=0.0,
                            max_grad_norm=1.0, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
                            completion_only_loss=True, activation_checkpointing=False, seed=seed, disable_tqdm=True)

@@ -65,7 +65,7 @@ def _logprob(logits, labels, mistake=None):
     else:
         shifted_logits, targets = logits[:, :-1], labels[:, 1:]
     scored = targets != -100
-    logp = shifted_logits.float().log_softmax(-1)
+    logp = (shifted_logits if mistake == "low precision" else shifted_logits.float()).log_softmax(-1).float()
     if mistake == "probabilities":
         logp = logp.exp()
     picked = torch.where(scored, targets, torch.zeros_like(targets))
@@ -116,7 +116,8 @@ CH13 = {
          (lambda lo, la: _logprob(lo, la, "probabilities"), "probabilities are summed instead of log-probabilities"),
          (lambda lo, la: _logprob(lo, la, "mean"), "the mean over the scored tokens is returned"),
          (lambda lo, la: _logprob(lo, la, "ignored counted"), "the -100 positions are counted too"),
-         (lambda lo, la: _logprob(lo, la)[:, None], "output shape (1, 1) ≠ expected (1,)")],
+         (lambda lo, la: _logprob(lo, la)[:, None], "output shape (1, 1) ≠ expected (1,)"),
+         (lambda lo, la: _logprob(lo, la, "low precision"), "log_softmax runs in bfloat16: convert the logits")],
         _stub,
     ),
     "13.3": (

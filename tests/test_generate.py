@@ -123,3 +123,11 @@ def test_seeded_batch_sampling_is_reproducible_and_bad_prompts_are_refused(model
         generate_batch(model, [[1], []], 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_batch(model, [[1]], -1)
+
+
+def test_the_repetition_penalty_of_a_batch_row_sees_its_own_tokens_not_the_padding(model):
+    prompts = [[3, 7, 1, 4, 9, 9, 2], [5, 6]]
+    penalised = SamplingConfig.greedy(repetition_penalty=2.0)
+    alone = [generate(model, torch.tensor([p]), 12, penalised) for p in prompts]
+    for pad in (0, 9, alone[1][0]):  # a padding id the short row never saw, or one it will generate
+        assert generate_batch(model, prompts, 12, penalised, pad_token_id=pad) == alone

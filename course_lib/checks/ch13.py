@@ -90,8 +90,11 @@ class AssistantLabels(Check):
         if type(out) is dict:
             kind = "a tensor" if "tensor" in out else "a tuple"
             raise CheckFailed(f"{name}: expected a list of ints, got {kind}")
-        if type(out) is not list or not all(type(v) is int for v in out):
+        if type(out) is not list:
             raise CheckFailed(f"{name}: expected a list of ints, got {type_name(out)}")
+        if not all(type(v) is int for v in out):
+            odd = next(v for v in out if type(v) is not int)
+            raise CheckFailed(f"{name}: expected a list of ints, got a list holding {type_name(odd)} (use int(...))")
         expected = _labels(list(ids), list(header), end_id)
         if len(out) != len(ids):
             raise CheckFailed(f"{name}: {len(out)} labels for {len(ids)} tokens; return one label per token")
@@ -124,7 +127,7 @@ def _logprob(logits: torch.Tensor, labels: torch.Tensor, mistake: str = "") -> t
     else:
         logits, labels = logits[:, :-1], labels[:, 1:]
     mask = labels != IGNORE
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(logits if mistake == "low precision" else logits.float(), dim=-1).float()
     if mistake == "probabilities":
         logp = logp.exp()
     per_token = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -145,8 +148,10 @@ class SequenceLogprob(Check):
     def cases(self) -> list:
         g = generator(131)
         cases = []
-        for b, t, v, prompt in ((1, 5, 7, 2), (2, 6, 11, 3), (3, 8, 13, 1), (2, 4, 5, 3)):
-            logits = torch.randn(b, t, v, generator=g) * 2
+        for b, t, v, prompt, dtype in ((1, 5, 7, 2, torch.float32), (2, 6, 11, 3, torch.float32),
+                                       (3, 8, 13, 1, torch.float32), (2, 5, 5, 2, torch.float32),
+                                       (2, 7, 9, 2, torch.bfloat16)):
+            logits = (torch.randn(b, t, v, generator=g) * 2).to(dtype)
             labels = torch.randint(0, v, (b, t), generator=g)
             labels[:, :prompt] = IGNORE
             if b > 1:
@@ -156,7 +161,7 @@ class SequenceLogprob(Check):
 
     def judge(self, case, got):
         logits, labels = case
-        name = f"logits {shape(logits)}, labels {labels.tolist()}"
+        name = f"logits {shape(logits)} {str(logits.dtype).removeprefix('torch.')}, labels {labels.tolist()}"
         out = expect_unchanged(case, got)
         expected = _logprob(logits, labels)
         if not isinstance(out, torch.Tensor):
@@ -165,6 +170,10 @@ class SequenceLogprob(Check):
             raise CheckFailed(f"{name}: output shape {shape(out)} ≠ expected {shape(expected)} (one number per row)")
         if out.is_floating_point() and torch.allclose(out.float(), expected, atol=1e-4, rtol=1e-4):
             return
+        if logits.dtype != torch.float32 and out.is_floating_point() and torch.allclose(
+                out.float(), _logprob(logits, labels, "low precision"), atol=1e-4, rtol=1e-4):
+            raise CheckFailed(f"{name}: values differ from the reference; they are what you get when log_softmax runs "
+                              f"in {str(logits.dtype).removeprefix('torch.')}: convert the logits with .float() first")
         hints = {"no shift": "the logits are not shifted: the logits at position t predict the token at t + 1, so use "
                              "logits[:, :-1] with labels[:, 1:]",
                  "wrong shift": "the shift goes the wrong way: pair logits[:, :-1] with labels[:, 1:]",
