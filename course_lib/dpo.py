@@ -189,7 +189,7 @@ class DPOHistory:
 
 def train_dpo(policy: nn.Module, batches: Sequence[dict[str, Tensor]], references: Sequence[tuple[Tensor, Tensor]],
               steps: int, beta: float = 0.1, lr: float = 1e-4, seed: int = 0, max_grad_norm: float = 1.0,
-              progress: bool = True) -> DPOHistory:
+              progress: bool | None = None) -> DPOHistory:
     """Train the policy's trainable parameters (e.g. LoRA's) with the DPO loss for ``steps`` AdamW
     steps, one batch each, visiting the batches in a new seeded order every epoch; the reference
     log-probabilities were computed beforehand by :func:`reference_logprobs`."""
@@ -208,6 +208,10 @@ def train_dpo(policy: nn.Module, batches: Sequence[dict[str, Tensor]], reference
     rng, order = random.Random(seed), []
     history = DPOHistory([], [], [])
     policy.train()
+    if progress is None:  # a bar unless headless, so executed notebooks do not store one
+        from course_lib.runtime import headless
+
+        progress = not headless()
     for _ in tqdm(range(steps), desc="DPO", disable=not progress, leave=False):
         if not order:
             order = list(range(len(batches)))

@@ -174,7 +174,7 @@ class SFTHistory:
 
 def train_sft(model: nn.Module, data: Sequence[Encoded], pad_id: int, steps: int, batch_size: int = 8,
               accumulation: int = 1, lr: float = 1e-3, warmup: int = 0, seed: int = 0,
-              weight_decay: float = 0.0, max_grad_norm: float = 1.0, progress: bool = True) -> SFTHistory:
+              weight_decay: float = 0.0, max_grad_norm: float = 1.0, progress: bool | None = None) -> SFTHistory:
     """Train the model's trainable parameters (e.g. LoRA's) for ``steps`` optimizer steps of
     ``accumulation`` micro-batches each, with AdamW, linear warm-up then cosine decay, and gradient
     clipping. Each micro-batch's summed loss is divided by the labelled tokens of the whole
@@ -196,6 +196,10 @@ def train_sft(model: nn.Module, data: Sequence[Encoded], pad_id: int, steps: int
     stream = batches(data, batch_size, pad_id, seed=seed)
     history = SFTHistory()
     model.train()
+    if progress is None:  # a bar unless headless, so executed notebooks do not store one
+        from course_lib.runtime import headless
+
+        progress = not headless()
     bar = tqdm(range(steps), desc="SFT", disable=not progress, leave=False)
     for _ in bar:
         mean_loss, total = accumulate_gradients(model, [next(stream) for _ in range(accumulation)])
