@@ -117,6 +117,20 @@ def check_data() -> Check:
     return Check("WARN", "movie-review data", f"not fetched yet: {SDIST} comes from the package index on first use (chapters 06 onwards)")
 
 
+def check_vision_data() -> Check:
+    """Chapter 14's Fashion-MNIST: the Debian package, a cached copy, or (online) a first fetch."""
+    from course_lib.data import cache_dir
+    from course_lib.images import DEBIAN_DIR, FILES
+
+    if all((DEBIAN_DIR / name).is_file() for name in FILES):
+        return Check("OK", "Fashion-MNIST (chapter 14)", f"Debian package dataset-fashion-mnist in {DEBIAN_DIR}")
+    cached = cache_dir() / "fashion-mnist"
+    if all((cached / name).is_file() for name in FILES):
+        return Check("OK", "Fashion-MNIST (chapter 14)", f"cached in {cached}")
+    return Check("WARN", "Fashion-MNIST (chapter 14)", "not installed: apt install dataset-fashion-mnist (Debian/Ubuntu); "
+                 "otherwise chapter 14 fetches the original files when online, or falls back to scikit-learn's 8×8 digits")
+
+
 def check_memory() -> Check:
     import psutil
 
@@ -177,7 +191,8 @@ def run_checks() -> list[Check]:
         checks += check_extras()
     except Exception as error:  # a broken install must still give a readable report
         checks.append(Check("FAIL", "extras", f"{type(error).__name__}: {error}"))
-    for check in (check_device, check_kernel, check_bundled_model, check_data, check_memory, check_sandbox):
+    for check in (check_device, check_kernel, check_bundled_model, check_data, check_vision_data, check_memory,
+                  check_sandbox):
         try:
             checks.append(check())
         except Exception as error:  # a broken install must still give a readable report

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -73,3 +74,36 @@ def test_generation_benchmark_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _script("generation").main(["--new-tokens", "0"])
     assert exit_info.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_vision_benchmark_tiny(capsys, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        results = _script("vision").main(["--tiny", "--json", str(tmp_path / "rows.json")])
+    finally:
+        torch.set_num_threads(threads)  # the script sets the thread count for this whole process
+    out = capsys.readouterr().out
+    assert "ours/torch" in out and "CNN/ViT" in out and "speed-up" in out and "random, untrained weights" in out
+    assert results.threads == 1 and results.repeat == 2  # --threads defaults to 1, --tiny to 2 repeats
+    assert len(results.conv) == 4 and "depthwise" in results.conv[2].shape and "stride 2" in results.conv[3].shape
+    assert all(r.ours_ms > 0 and r.torch_ms > 0 and r.ours_over_torch > 0 for r in results.conv)
+    assert all(r.max_abs_diff < 1e-3 for r in results.conv)  # the speeds are compared on equal results
+    cnn, vit, int8 = results.models
+    assert 55_000 < cnn.parameters < 65_000 and 55_000 < vit.parameters < 65_000  # the chapter's two models
+    assert all(m.inference_images_per_s > 0 for m in results.models) and int8.training_images_per_s is None
+    assert cnn.training_images_per_s > 0 and vit.training_images_per_s > 0
+    assert results.cnn_over_vit_inference == pytest.approx(cnn.inference_images_per_s / vit.inference_images_per_s)
+    assert results.int8_speed_up == pytest.approx(int8.inference_images_per_s / cnn.inference_images_per_s)
+    assert f"{results.int8_speed_up:8.2f}x" in out and f"{results.cnn_over_vit_training:11.2f}x" in out
+    assert (tmp_path / "rows.json").read_text().count('"ours_ms"') == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeat", "0"], "argument --repeat: must be an int >= 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be an int >= 1, got 0"),
+    (["--threads", "two"], "argument --threads: must be an int >= 1, got 'two'"),
+])
+def test_vision_benchmark_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script("vision").main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

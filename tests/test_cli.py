@@ -171,3 +171,18 @@ def test_exercises_check_fails_when_a_notebooks_outputs_predate_its_modules(monk
     monkeypatch.setattr(freshness, "stale", lambda path: None)
     assert main(["exercises", "--check"]) == 0
     assert "and so are the notebooks' stored outputs" in capsys.readouterr().out
+
+
+def test_doctor_says_where_fashion_mnist_comes_from(monkeypatch, tmp_path):
+    from course_lib import images
+
+    monkeypatch.setenv("COURSE_DATA_CACHE", str(tmp_path))
+    monkeypatch.setattr(images, "DEBIAN_DIR", tmp_path / "absent")
+    check = doctor.check_vision_data()
+    assert check.status == "WARN" and "apt install dataset-fashion-mnist" in check.detail
+    for name in images.FILES:
+        (tmp_path / "fashion-mnist").mkdir(exist_ok=True)
+        (tmp_path / "fashion-mnist" / name).write_bytes(b"")
+    assert doctor.check_vision_data().status == "OK" and "cached" in doctor.check_vision_data().detail
+    monkeypatch.setattr(images, "DEBIAN_DIR", tmp_path / "fashion-mnist")
+    assert "Debian package" in doctor.check_vision_data().detail
