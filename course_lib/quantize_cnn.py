@@ -39,6 +39,10 @@ def static_int8(model: SmallCNN, calibration: Iterable[torch.Tensor], backend: s
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        # the eager API's own deprecation notices (observers' reduce_range, quantized tensor creation)
+        warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel",
+                                category=UserWarning)
         import torch.ao.quantization as tq
 
         if backend not in torch.backends.quantized.supported_engines:

@@ -85,6 +85,7 @@ def test_vision_benchmark_tiny(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "ours/torch" in out and "CNN/ViT" in out and "speed-up" in out and "random, untrained weights" in out
     assert results.threads == 1 and results.repeat == 2  # --threads defaults to 1, --tiny to 2 repeats
+    assert not results.steady_malloc and "malloc left as it is" in out  # --tiny leaves pytest's malloc alone
     assert len(results.conv) == 4 and "depthwise" in results.conv[2].shape and "stride 2" in results.conv[3].shape
     assert all(r.ours_ms > 0 and r.torch_ms > 0 and r.ours_over_torch > 0 for r in results.conv)
     assert all(r.max_abs_diff < 1e-3 for r in results.conv)  # the speeds are compared on equal results
