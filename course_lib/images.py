@@ -11,6 +11,7 @@ be installed beside this torch (see ``data/README.md``), so loading and transfor
 from __future__ import annotations
 
 import gzip
+import http.client
 import math
 import urllib.request
 from dataclasses import dataclass
@@ -86,17 +87,25 @@ def fetch_fashion_mnist(cache: Path | None = None, url: str = ONLINE_URL, timeou
     a file whose hash differs is deleted and an error raised."""
     folder = (cache or cache_dir()) / "fashion-mnist"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, expected in FILES.items():
-        target = folder / name
-        if target.is_file() and sha256(target) == expected:
-            continue
-        partial = target.with_suffix(".part")
-        with urllib.request.urlopen(url + name, timeout=timeout) as response, open(partial, "wb") as out:
-            out.write(response.read())
-        if sha256(partial) != expected:
-            partial.unlink()
-            raise ValueError(f"{name} downloaded from {url} has the wrong SHA-256; deleted")
-        partial.replace(target)
+    try:
+        for name, expected in FILES.items():
+            target = folder / name
+            if target.is_file() and sha256(target) == expected:
+                continue
+            partial = target.with_suffix(".part")
+            try:
+                with urllib.request.urlopen(url + name, timeout=timeout) as response, open(partial, "wb") as out:
+                    out.write(response.read())
+                if sha256(partial) != expected:
+                    raise ValueError(f"{name} downloaded from {url} has the wrong SHA-256; deleted")
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+    except http.client.HTTPException as error:  # a broken transfer (not an OSError)
+        raise OSError(f"download from {url} failed: {type(error).__name__}: {error}") from error
+    finally:
+        if not any(folder.iterdir()):
+            folder.rmdir()  # nothing fetched: leave no empty folder behind
     return folder
 
 
@@ -170,10 +179,17 @@ def balanced_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torc
     return torch.cat(chosen).sort().values
 
 
+def _check_batch(x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float (N, C, H, W) tensor, got {got}")
+    return x
+
+
 def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Move (N, C, H, W) images ``dx`` pixels right and ``dy`` down; uncovered pixels take each
     image's corner value (the background)."""
-    n, c, h, w = x.shape
+    n, c, h, w = _check_batch(x).shape
     if abs(dx) >= w or abs(dy) >= h:
         raise ValueError(f"a shift of ({dx}, {dy}) leaves nothing of a {h}×{w} image")
     out = x[:, :, :1, :1].expand(n, c, h, w).clone()
@@ -185,11 +201,13 @@ def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     """Rotate (N, C, H, W) images by ``degrees`` (counter-clockwise) about their centre, bilinear;
     corners that come from outside take each image's corner value."""
+    _check_batch(x)
     theta = math.radians(degrees)
     cos, sin = math.cos(theta), math.sin(theta)
     # affine_grid maps each output position to where it samples the input, with y pointing down: turning
     # the picture counter-clockwise on screen samples at the output position turned clockwise.
-    matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype).expand(x.shape[0], 2, 3)
+    matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype, device=x.device)
+    matrix = matrix.expand(x.shape[0], 2, 3)
     grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
     background = x[:, :, :1, :1]
     return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
@@ -197,5 +215,5 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def add_noise(x: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     """``x`` plus Gaussian noise of standard deviation ``std`` (in the inputs' units), seeded."""
-    g = torch.Generator().manual_seed(seed)
-    return x + std * torch.randn(x.shape, generator=g, dtype=x.dtype)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
+    return x + std * torch.randn(_check_batch(x).shape, generator=g, dtype=x.dtype).to(x.device)

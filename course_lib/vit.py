@@ -85,6 +85,9 @@ class ViT(nn.Module):
         image_size, patch_size = require_int("image_size", image_size), require_int("patch_size", patch_size)
         if image_size % patch_size:
             raise ValueError(f"patch_size={patch_size} must divide image_size={image_size}")
+        dim, heads = require_int("dim", dim), require_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"heads must divide dim={dim}, got heads={heads}")
         self.image_size, self.patch_size = image_size, patch_size
         self.num_patches = (image_size // patch_size) ** 2
         self.patch_embed = PatchEmbedding(in_channels, patch_size, dim)

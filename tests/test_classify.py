@@ -96,9 +96,10 @@ def test_prediction_helpers_agree():
             m.running_mean.fill_(0.2)
             m.running_var.fill_(1.5)
     model.train()
-    logits = K.predict_logits(model, x, batch_size=7)  # uneven batches
-    assert not model.training  # ends in eval mode
+    logits = K.predict_logits(model, x, batch_size=7)  # uneven batches, computed in eval mode
+    assert model.training  # the caller's mode is restored
     assert logits.shape == (50, 4) and not logits.requires_grad
+    model.eval()
     with torch.no_grad():
         torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(K.predict_logits(model, x), logits, atol=1e-5, rtol=1e-5)

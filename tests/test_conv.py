@@ -236,7 +236,7 @@ def test_conv2d_errors_name_the_argument():
         C.conv2d(_randn(2, 6, 6, 6), _randn(8, 1, 3, 3), groups=4)  # nor in_channels=6
     with pytest.raises(ValueError, match="groups"):
         C.conv2d(x, w, groups=0)
-    with pytest.raises(ValueError, match="bias must have shape"):
+    with pytest.raises(ValueError, match="bias must be None or a tensor of shape"):
         C.conv2d(x, w, torch.zeros(5))
     with pytest.raises(ValueError, match="kernel_size"):
         C.conv2d(x, _randn(6, 4, 9, 3))  # taller than the 6-pixel image

@@ -162,3 +162,16 @@ def test_linear_probe_folds_the_standardisation_in():
         expected = reference((new_x - mean) / std)
         assert expected.abs().max() > 1  # a fitted layer, not zeros
         torch.testing.assert_close(probe(new_x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_grey_features_and_inputs_refuse_what_would_silently_go_wrong():
+    from course_lib import efficientnet as E
+
+    with pytest.raises(ValueError, match="size must be a multiple of 32"):
+        E.grey_features(None, torch.zeros(2, 28, 28, dtype=torch.uint8), size=100)
+    with pytest.raises(ValueError, match="pixels must be a uint8"):
+        E.to_model_input(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="images must be a uint8"):
+        E.grey_features(None, np.zeros((2, 28, 28), dtype=np.uint8))
+    with pytest.raises(ValueError, match="N >= 2"):
+        E.linear_probe(torch.zeros(1, 5), torch.zeros(1, dtype=torch.long), num_classes=2)

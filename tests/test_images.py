@@ -130,7 +130,7 @@ def test_fetch_deletes_a_file_with_the_wrong_hash(tmp_path, monkeypatch):
     (mirror / "tiny.gz").write_bytes(b"the wrong bytes")
     with pytest.raises(ValueError, match="wrong SHA-256"):
         I.fetch_fashion_mnist(cache, url=mirror.as_uri() + "/")
-    assert list((cache / "fashion-mnist").iterdir()) == []
+    assert not (cache / "fashion-mnist").exists()  # nothing kept: no file, no .part, no empty folder
     (mirror / "tiny.gz").write_bytes(b"the right bytes")
     folder = I.fetch_fashion_mnist(cache, url=mirror.as_uri() + "/")
     assert [p.name for p in folder.iterdir()] == ["tiny.gz"]
@@ -242,3 +242,24 @@ def test_add_noise():
     assert abs(noise.mean().item()) < 0.01
     assert torch.equal(I.add_noise(x, 0.0), x)
     assert I.add_noise(x.double(), 0.1).dtype == torch.float64
+
+
+def test_a_broken_transfer_is_an_oserror_and_leaves_nothing(tmp_path, monkeypatch):
+    import http.client
+
+    monkeypatch.setattr(I, "FILES", {"tiny.gz": hashlib.sha256(b"x").hexdigest()})
+
+    def broken(url, timeout):
+        raise http.client.IncompleteRead(b"par")
+
+    monkeypatch.setattr(I.urllib.request, "urlopen", broken)
+    with pytest.raises(OSError, match="IncompleteRead"):
+        I.fetch_fashion_mnist(tmp_path)
+    assert not (tmp_path / "fashion-mnist").exists()
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 3, 4), torch.zeros(1, 1, 4, 4, dtype=torch.uint8), [1.0]])
+def test_transforms_refuse_what_is_not_a_float_batch(bad):
+    for transform in (lambda x: I.shift(x, 1, 0), lambda x: I.rotate(x, 5), lambda x: I.add_noise(x, 0.1)):
+        with pytest.raises(ValueError, match=r"x must be a float \(N, C, H, W\) tensor"):
+            transform(bad)

@@ -173,3 +173,8 @@ def test_vit_errors():
         model(torch.zeros(2, 12, 12))
     with pytest.raises(ValueError, match="2 channels"):
         model(torch.zeros(1, 3, 12, 12))
+
+
+def test_vit_names_its_own_arguments_when_heads_do_not_divide_dim():
+    with pytest.raises(ValueError, match=r"heads must divide dim=48, got heads=5"):
+        V.ViT(dim=48, heads=5)
