@@ -115,8 +115,9 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
     Exercise("13.3", "the DPO loss", "check_dpo_loss", ("course_lib.dpo:dpo_loss",)),
     Exercise("14.1", "build conv2d from unfold", "check_conv2d_unfold",
              ("course_lib.conv:conv2d", "course_lib.conv:im2col"), points=3),
-    Exercise("14.2", "cut an image into patches", "check_patchify", ("course_lib.vit:patchify",)),
-    # patchify stays on for 14.3: the model's own patch embedding calls it
+    # patchify stays on: the ViT's patch embedding, which exercise 14.3's forward pass calls, uses it
+    # (like split_heads for 4.3)
+    Exercise("14.2", "cut an image into patches", "check_patchify"),
     Exercise("14.3", "build the Vision Transformer's forward pass", "check_vit_forward",
              ("course_lib.vit:ViT.forward", "course_lib.vit:ViT.tokens"), points=3),
 )}
