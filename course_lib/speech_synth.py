@@ -5,7 +5,9 @@ code runs on Linux, macOS and Windows without a system install.
 eSpeak NG's C API is called with ``ctypes``: initialise in "retrieval" mode (samples are handed to a
 callback instead of a sound card), choose a voice ("en-us+f3": American English with the third female
 variant), set speed (words per minute) and pitch (0–100), synthesise, collect the 16-bit samples. Its
-output is 22,050 Hz; :func:`speak` resamples to 16 kHz for the speech models.
+output is 22,050 Hz; :func:`speak` resamples to 16 kHz for the speech models. Two calls with the same
+text and voice give the same length but not bit-identical samples (the synthesiser keeps some state
+between calls).
 """
 
 from __future__ import annotations
