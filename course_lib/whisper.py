@@ -221,6 +221,7 @@ def local_folder(cache: Path | None = None) -> Path:
     from transformers import GenerationConfig, WhisperForConditionalGeneration
 
     from course_lib.data import cache_dir
+    from course_lib.runtime import progress_bars_hidden_when_headless
 
     folder = (cache or cache_dir()) / LOCAL_NAME
     if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
@@ -239,7 +240,8 @@ def local_folder(cache: Path | None = None) -> Path:
         no_timestamps_token_id=NO_TIMESTAMPS, is_multilingual=False, max_length=config.max_target_positions)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    with progress_bars_hidden_when_headless():
+        model.save_pretrained(partial)
     shutil.copy(source / "tokenizer.json", partial / "tokenizer.json")
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
@@ -257,4 +259,24 @@ def load_model(folder: Path):
     """``WhisperForConditionalGeneration`` from the folder, in eval mode."""
     from transformers import WhisperForConditionalGeneration
 
-    return WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    from course_lib.runtime import progress_bars_hidden_when_headless
+
+    with progress_bars_hidden_when_headless():
+        return WhisperForConditionalGeneration.from_pretrained(folder).eval()
+
+
+def suppressed_tokens(folder: Path) -> tuple[list[int], list[int]]:
+    """The tokens greedy decoding never picks, and those it never picks first (from the folder's
+    generation settings, which came from the package's config.json)."""
+    from transformers import GenerationConfig
+
+    settings = GenerationConfig.from_pretrained(folder)
+    return list(settings.suppress_tokens or []), list(settings.begin_suppress_tokens or [])
+
+
+def alignment_heads() -> list[tuple[int, int]]:
+    """The (decoder layer, head) pairs whose cross-attention follows the audio in time, as listed in the
+    package's config.json (OpenAI found them for word timestamps)."""
+    import json
+
+    return [tuple(pair) for pair in json.loads((package_folder() / "config.json").read_text())["alignment_heads"]]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from build_cases import BUILD
 from alignment_cases import CH13
 from vision_cases import CH14
+from speech_cases import CH15
 from llm_cases import CH12
 
 from course_lib import grading
@@ -489,6 +490,7 @@ CASES.update({exercise: entry[:3] for exercise, entry in BUILD.items()})
 CASES.update({exercise: entry[:3] for exercise, entry in CH12.items()})
 CASES.update({exercise: entry[:3] for exercise, entry in CH13.items()})
 CASES.update({exercise: entry[:3] for exercise, entry in CH14.items()})
+CASES.update({exercise: entry[:3] for exercise, entry in CH15.items()})
 
 
 def test_every_registered_exercise_is_tested_here():
@@ -520,6 +522,7 @@ def test_untouched_stub_is_not_yet_solved(exercise, capsys):
     stub = CH12[exercise][3] if exercise in CH12 else stub
     stub = CH13[exercise][3] if exercise in CH13 else stub
     stub = CH14[exercise][3] if exercise in CH14 else stub
+    stub = CH15[exercise][3] if exercise in CH15 else stub
     check(stub)
     assert capsys.readouterr().out.startswith(f"Exercise {exercise} not yet solved")
 

@@ -120,6 +120,14 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
     Exercise("14.2", "cut an image into patches", "check_patchify"),
     Exercise("14.3", "build the Vision Transformer's forward pass", "check_vit_forward",
              ("course_lib.vit:ViT.forward", "course_lib.vit:ViT.tokens"), points=3),
+    Exercise("15.1", "build the mel filterbank", "check_mel_filterbank",
+             ("course_lib.audio:mel_filterbank", "course_lib.audio:hz_to_mel", "course_lib.audio:mel_to_hz"), points=3),
+    # normalize stays on: the exercise is the edit distance, and a learner may normalise with the course's rule
+    # (like split_heads for 4.3)
+    Exercise("15.2", "word error rate by edit distance", "check_word_error_rate",
+             ("course_lib.wer:align", "course_lib.wer:word_error_rate")),
+    Exercise("15.3", "one decoding step with cross-attention", "check_cross_attention_step",
+             ("course_lib.whisper_model:Attention.forward",), points=3),
 )}
 
 BY_CHECK: dict[str, Exercise] = {e.check: e for e in EXERCISES.values()}
