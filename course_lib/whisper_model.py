@@ -212,3 +212,14 @@ def greedy(model: Whisper, mel: torch.Tensor, prompt: list[int], end: int, max_n
         tokens.append(token)
         logits = model.decoder(torch.tensor([[token]], device=mel.device), cache, need_weights)[0, -1]
     return tokens, cache
+
+
+def cross_attention_step(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_proj: nn.Linear,
+                         out_proj: nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a decoder block's cross-attention does for its newest token, written flat: ``x`` (B, 1, d),
+    the audio's cached ``keys``/``values`` (B, heads, T, d/heads) -> (output (B, 1, d), weights
+    (B, heads, 1, T)). No mask: text may look at every audio frame. Equal to ``Attention.forward``."""
+    b, t, d = x.shape
+    q = q_proj(x).view(b, t, heads, d // heads).transpose(1, 2) * (d // heads) ** -0.5
+    weights = (q @ keys.transpose(-1, -2)).softmax(dim=-1)
+    return out_proj((weights @ values).transpose(1, 2).reshape(b, t, d)), weights

@@ -127,7 +127,7 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
     Exercise("15.2", "word error rate by edit distance", "check_word_error_rate",
              ("course_lib.wer:align", "course_lib.wer:word_error_rate")),
     Exercise("15.3", "one decoding step with cross-attention", "check_cross_attention_step",
-             ("course_lib.whisper_model:Attention.forward",), points=3),
+             ("course_lib.whisper_model:Attention.forward", "course_lib.whisper_model:cross_attention_step"), points=3),
 )}
 
 BY_CHECK: dict[str, Exercise] = {e.check: e for e in EXERCISES.values()}
