@@ -163,7 +163,7 @@ _CHAPTERS = [
     ("12", "a generative LLM\n(SmolLM2)", "a Llama decoder + KV cache", 3, 0),
     ("13", "alignment\n(SFT, DPO)", "SFT labels + the DPO loss", 3, 1),
     ("14", "vision\n(CNN, ViT)", "conv2d + a ViT forward", 3, 2),
-    ("15", "speech", "", 3, 3),
+    ("15", "speech\n(Whisper)", "a mel filterbank + cross-attention", 3, 3),
 ]
 _BANDS = ["foundations\n00–03", "the transformer\n04–06", "adapt and ship\n07–11", "beyond\n12–15"]
 
@@ -171,7 +171,7 @@ _BANDS = ["foundations\n00–03", "the transformer\n04–06", "adapt and ship\n0
 def course_map() -> Figure:
     """The course as a map: four bands of chapters (foundations, the transformer, adapt and ship,
     beyond), what you build in each, and arrows for what each chapter needs. The chapters not
-    written yet (15) are drawn dashed and marked "coming"."""
+    written yet are drawn dashed and marked "coming" (none now)."""
     fig, (ax,) = _panels(1, 10, 5.65, ["The course map: what you build, chapter by chapter"])
     col = [2.15 + 1.72 * k for k in range(5)]  # box centres
     gutter = [c + 0.86 for c in col]  # the free vertical channels right of each column

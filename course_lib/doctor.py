@@ -131,6 +131,16 @@ def check_vision_data() -> Check:
                  "otherwise chapter 14 fetches the original files when online, or falls back to scikit-learn's 8×8 digits")
 
 
+def check_speech_data() -> Check:
+    """Chapter 15's real recordings: Debian's pocketsphinx-testdata, else synthesised sentences."""
+    from course_lib.speech_data import LIBRIVOX_DIR
+
+    if (LIBRIVOX_DIR / "transcription").is_file():
+        return Check("OK", "speech recordings (chapter 15)", f"Debian package pocketsphinx-testdata in {LIBRIVOX_DIR}")
+    return Check("WARN", "speech recordings (chapter 15)", "not installed: apt install pocketsphinx-testdata (Debian/"
+                 "Ubuntu); otherwise chapter 15 transcribes synthesised sentences instead of real speech")
+
+
 def check_memory() -> Check:
     import psutil
 
@@ -191,8 +201,8 @@ def run_checks() -> list[Check]:
         checks += check_extras()
     except Exception as error:  # a broken install must still give a readable report
         checks.append(Check("FAIL", "extras", f"{type(error).__name__}: {error}"))
-    for check in (check_device, check_kernel, check_bundled_model, check_data, check_vision_data, check_memory,
-                  check_sandbox):
+    for check in (check_device, check_kernel, check_bundled_model, check_data, check_vision_data, check_speech_data,
+                  check_memory, check_sandbox):
         try:
             checks.append(check())
         except Exception as error:  # a broken install must still give a readable report

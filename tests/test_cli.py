@@ -186,3 +186,13 @@ def test_doctor_says_where_fashion_mnist_comes_from(monkeypatch, tmp_path):
     assert doctor.check_vision_data().status == "OK" and "cached" in doctor.check_vision_data().detail
     monkeypatch.setattr(images, "DEBIAN_DIR", tmp_path / "fashion-mnist")
     assert "Debian package" in doctor.check_vision_data().detail
+
+
+def test_doctor_says_whether_real_speech_is_installed(monkeypatch, tmp_path):
+    from course_lib import speech_data
+
+    monkeypatch.setattr(speech_data, "LIBRIVOX_DIR", tmp_path)
+    check = doctor.check_speech_data()
+    assert check.status == "WARN" and "apt install pocketsphinx-testdata" in check.detail
+    (tmp_path / "transcription").write_text("")
+    assert doctor.check_speech_data().status == "OK"
