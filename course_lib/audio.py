@@ -101,12 +101,13 @@ def frames(waveform: torch.Tensor, frame_length: int = N_FFT, hop: int = HOP, ce
         got = f"{waveform.dtype} {tuple(waveform.shape)}" if isinstance(waveform, torch.Tensor) else type(waveform).__name__
         raise ValueError(f"waveform must be a float tensor (samples,) or (batch, samples), got {got}")
     frame_length, hop = require_int("frame_length", frame_length), require_int("hop", hop)
+    if waveform.shape[-1] < (frame_length // 2 + 1 if center else frame_length):
+        raise ValueError(f"waveform has {waveform.shape[-1]} samples, too few for frames of {frame_length}"
+                         f"{' (centred frames need more than half a frame)' if center else ''}")
     x = waveform
     if center:
         x = F.pad(x[None] if x.ndim == 1 else x[:, None], (frame_length // 2, frame_length // 2), mode="reflect")
         x = x[0] if waveform.ndim == 1 else x[:, 0]
-    if x.shape[-1] < frame_length:
-        raise ValueError(f"waveform has {waveform.shape[-1]} samples, fewer than one frame of {frame_length}")
     return x.unfold(-1, frame_length, hop)
 
 
@@ -129,6 +130,9 @@ def log_mel(waveform: torch.Tensor, n_mels: int = N_MELS, pad: bool = True) -> t
     power spectrum (the last frame dropped, as Whisper does), mel filterbank, log10 (floored at 1e-10),
     values more than 8 below the maximum (80 dB) raised to it, then (x + 4) / 4 to bring them near
     [-1, 1]."""
+    if not isinstance(waveform, torch.Tensor):
+        raise TypeError(f"waveform must be a torch.Tensor of samples, got {type(waveform).__name__} "
+                        "(torch.from_numpy converts an array)")
     x = pad_or_trim(waveform.float()) if pad else waveform.float()
     power = power_spectrogram(x)[..., :-1]
     mel = mel_filterbank(power.shape[-2], n_mels, f_max=8000.0).to(power.device).T @ power
@@ -142,7 +146,8 @@ def log_mel(waveform: torch.Tensor, n_mels: int = N_MELS, pad: bool = True) -> t
 
 def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """A 16-bit PCM WAV file as float32 samples in [-1, 1], mono (channels averaged), resampled to
-    ``sample_rate`` by linear interpolation when it differs (good enough for speech recognition)."""
+    ``sample_rate`` by linear interpolation when it differs (no anti-aliasing filter: fine for the 16 kHz
+    files used here, a rough approximation when a file must be downsampled)."""
     with wave.open(str(path), "rb") as file:
         if file.getsampwidth() != 2:
             raise ValueError(f"{path}: only 16-bit PCM WAV is read, got {8 * file.getsampwidth()}-bit samples")
@@ -157,7 +162,9 @@ def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
 
 def write_wav(path: str | Path, waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:
     """Save float samples in [-1, 1] as a 16-bit mono WAV file."""
-    pcm = (waveform.detach().float().clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform must be 1-D (mono samples), got shape {tuple(waveform.shape)}")
+    pcm = (waveform.detach().cpu().float().clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
     with wave.open(str(path), "wb") as file:
         file.setnchannels(1)
         file.setsampwidth(2)

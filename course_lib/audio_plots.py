@@ -37,10 +37,15 @@ def cross_attention_map(cross_weights: Sequence[torch.Tensor], heads: Sequence[t
                         frames: int) -> torch.Tensor:
     """(tokens, frames): for each generated token, the cross-attention of the chosen (layer, head)
     pairs to the audio frames (20 ms each), averaged, each row scaled to a maximum of 1.
-    ``cross_weights`` are the steps recorded by ``whisper_model.greedy(..., need_weights=True)``."""
+    ``cross_weights`` are the steps recorded by ``whisper_model.greedy(..., need_weights=True)``. Row k
+    is the step that *chose* token k (its query is the token before it), the convention of OpenAI's
+    word-timing code."""
     steps = torch.cat(list(cross_weights), dim=3)[:, 0]  # (layers, heads, positions, 1500)
     chosen = torch.stack([steps[layer, head] for layer, head in heads]).mean(0)  # (positions, 1500)
-    rows = chosen[-tokens:, :frames] if tokens else chosen[:0, :frames]
+    if not 0 <= tokens < chosen.shape[0]:
+        raise ValueError(f"tokens must be between 0 and {chosen.shape[0] - 1} for {chosen.shape[0]} recorded "
+                         f"positions, got {tokens}")
+    rows = chosen[chosen.shape[0] - 1 - tokens:chosen.shape[0] - 1, :frames]
     return rows / rows.amax(dim=1, keepdim=True).clamp(min=1e-12)
 
 

@@ -44,6 +44,8 @@ class SpokenDigits:
 def fit_to_clip(waveform: torch.Tensor, length: int = CLIP) -> torch.Tensor:
     """Centre the sound in a clip of ``length`` samples: padded with silence on both sides, or its
     middle kept when longer."""
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform must be 1-D (samples,), got shape {tuple(waveform.shape)}")
     n = waveform.shape[-1]
     if n >= length:
         start = (n - length) // 2
@@ -56,6 +58,8 @@ def make_spoken_digits(voices: list[str], speeds: tuple[int, ...] = (130, 175), 
                        noise: tuple[float, ...] = (0.0, 0.02), seed: int = 0) -> SpokenDigits:
     """Every digit word in every combination of voice, speed, pitch and noise level (Gaussian noise of
     that standard deviation, seeded), each centred in one second."""
+    if not voices:
+        raise ValueError("voices must name at least one eSpeak NG voice, e.g. ['en-us']")
     g = torch.Generator().manual_seed(seed)
     clips, labels, meta = [], [], []
     for voice, speed, pitch, level in itertools.product(voices, speeds, pitches, noise):
@@ -77,8 +81,8 @@ def features(waveforms: torch.Tensor, n_mels: int = 40) -> torch.Tensor:
 
 class KeywordCNN(nn.Module):
     """Three 3×3 convolution stages (batch norm, ReLU, 2×2 max-pool) over the (mel, time) picture,
-    then the average over what is left and a linear layer: the average makes it indifferent to exactly
-    where in the second the word is."""
+    then the average over what is left and a linear layer: the average makes it largely insensitive to
+    where in the second the word is (padding and pooling keep it from being exact)."""
 
     def __init__(self, classes: int = 10, channels: tuple[int, ...] = (16, 32, 64)) -> None:
         super().__init__()
@@ -95,13 +99,13 @@ class KeywordCNN(nn.Module):
         return self.head(self.stages(x).mean(dim=(2, 3)))
 
 
-_NUMERALS = {str(i): i for i in range(10)}
-_WORDS = {word: i for i, word in enumerate(DIGITS)} | {"oh": 0, "o": 0, "to": 2, "too": 2, "for": 4, "ate": 8,
-                                                       "won": 1}
+_READINGS = {str(i): i for i in range(10)} | {word: i for i, word in enumerate(DIGITS)} | {
+    "oh": 0, "o": 0, "won": 1, "to": 2, "too": 2, "for": 4, "ate": 8}  # homophones a recogniser may write
 
 
 def digit_from_text(text: str) -> int | None:
-    """The digit a transcript names ("Seven.", "7", "seven"), or None when it names none or several."""
-    found = [_NUMERALS.get(t, _WORDS.get(t)) for t in re.findall(r"[a-z]+|\d", text.lower())]
-    found = [d for d in found if d is not None]
-    return found[0] if len(set(found)) == 1 else None
+    """The digit a transcript names when the transcript is that one word or numeral and nothing else
+    ("Seven.", "7", "Two!" and the homophone "to" as a whole transcript); None otherwise ("Thanks for
+    watching!", "seven apples", "one two")."""
+    words = re.findall(r"[a-z]+|\d+", text.lower())
+    return _READINGS.get(words[0]) if len(words) == 1 else None

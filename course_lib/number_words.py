@@ -2,9 +2,9 @@
 thousand seven" ↔ "342007"), for chapter 15's small encoder–decoder.
 
 Real translation needs parallel text and days of training; this task keeps what makes translation a
-sequence-to-sequence problem — input and output of different lengths, reordering ("forty two
-thousand" comes before "seven hundred"), words that map to no output symbol ("thousand",
-"hundred") — while every answer can be checked exactly. Splits are made by number, so no test number
+sequence-to-sequence problem — input and output of different lengths, and words ("hundred",
+"thousand") that write no digit of their own but decide where the others go and where zeros fill in —
+while every answer can be checked exactly. Splits are made by number, so no test number
 is ever seen in training.
 """
 

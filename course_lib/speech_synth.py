@@ -64,18 +64,22 @@ class _Engine:
             self.lib.espeak_SetParameter(_PITCH, pitch, 0)
             self.samples = []
             raw = text.encode("utf-8") + b"\0"
-            self.lib.espeak_Synth(raw, len(raw), 0, _POSITION_CHARACTER, 0, _CHARS_UTF8, None, None)
+            status = self.lib.espeak_Synth(raw, len(raw), 0, _POSITION_CHARACTER, 0, _CHARS_UTF8, None, None)
             self.lib.espeak_Synchronize()
+            if status != 0:
+                raise RuntimeError(f"eSpeak NG could not synthesise {text[:40]!r} (error code {status})")
             return torch.tensor(self.samples, dtype=torch.float32) / 32768.0
 
 
 _engine: _Engine | None = None
+_creating = threading.Lock()
 
 
 def engine() -> _Engine:
     global _engine
-    if _engine is None:
-        _engine = _Engine()
+    with _creating:  # one library state per process, even when threads ask at once
+        if _engine is None:
+            _engine = _Engine()
     return _engine
 
 
@@ -85,6 +89,7 @@ def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50, sa
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string, got {text!r}")
     speed, pitch = require_int("speed", speed, at_least=80), require_int("pitch", pitch, at_least=0)
+    sample_rate = require_int("sample_rate", sample_rate, at_least=1000)
     if speed > 450 or pitch > 100:
         raise ValueError(f"speed must be 80-450 words per minute and pitch 0-100, got speed={speed}, pitch={pitch}")
     spoken = engine().synthesise(text, voice, speed, pitch)

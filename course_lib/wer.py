@@ -19,10 +19,11 @@ _PUNCTUATION = re.compile(r"[^\w\s']")
 
 
 def normalize(text: str) -> list[str]:
-    """Lower case, hyphens to spaces, other punctuation (but apostrophes) removed, split on whitespace."""
+    """Lower case, hyphens to spaces, other punctuation (but apostrophes, curly ones made straight)
+    removed, split on whitespace."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return _PUNCTUATION.sub("", text.lower().replace("-", " ")).split()
+    return _PUNCTUATION.sub("", text.lower().replace("-", " ").replace("\u2019", "'")).split()
 
 
 @dataclass(frozen=True)

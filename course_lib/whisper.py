@@ -51,7 +51,7 @@ class _Reader:
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
         if self.offset + size > len(self.data):
-            raise ValueError(f"{self.path}: the file ends inside its header at byte {self.offset} (truncated?)")
+            raise ValueError(f"{self.path}: the file ends early, at byte {self.offset} (truncated?)")
         values = struct.unpack_from(fmt, self.data, self.offset)
         self.offset += size
         return values[0] if len(values) == 1 else values
@@ -107,6 +107,8 @@ def write_ctranslate2(path: str | Path, variables: dict[str, torch.Tensor], alia
 
     out = [struct.pack("<I", version), string(spec), struct.pack("<II", revision, len(variables))]
     for name, tensor in variables.items():
+        if tensor.dtype == torch.bfloat16:
+            raise ValueError(f"variable {name}: bfloat16 is not written here (CTranslate2 code 5); convert it first")
         array = tensor.detach().cpu().numpy()
         if array.dtype not in CODES:
             raise ValueError(f"variable {name}: dtype {array.dtype} has no CTranslate2 type code")
@@ -170,6 +172,8 @@ def convert(model: CTranslate2Model) -> dict[str, torch.Tensor]:
         for i in layer_indices(model, side):
             ct, hf = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
             fused_w, fused_b = model[f"{ct}/self_attention/linear_0/weight"], model[f"{ct}/self_attention/linear_0/bias"]
+            if fused_b.chunk(3)[1].abs().max() != 0:
+                raise ValueError(f"{ct}: the fused key bias is not zero; Whisper's keys have no bias")
             for part, w, b in zip(("q_proj", "k_proj", "v_proj"), fused_w.chunk(3), fused_b.chunk(3)):
                 _linear(state, f"{hf}.self_attn.{part}", w, None if part == "k_proj" else b)
             _linear(state, f"{hf}.self_attn.out_proj", model[f"{ct}/self_attention/linear_1/weight"],

@@ -197,6 +197,11 @@ def greedy(model: Whisper, mel: torch.Tensor, prompt: list[int], end: int, max_n
     ``begin_suppress`` one first), until ``end``. Returns the new tokens (without ``end``) and the
     cache (its ``cross_weights`` hold the cross-attention of each step when ``need_weights``)."""
     mel = mel[None] if mel.ndim == 2 else mel
+    if mel.ndim != 3 or mel.shape[0] != 1:
+        raise ValueError(f"mel must be one clip, (n_mels, frames) or (1, n_mels, frames), got {tuple(mel.shape)}")
+    if len(prompt) + max_new_tokens > model.dims.text_positions:
+        raise ValueError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new_tokens}) must fit in "
+                         f"{model.dims.text_positions} text positions")
     cache = model.decoder.start(model.encoder(mel))
     blocked = torch.zeros(model.dims.vocab, dtype=torch.bool)
     blocked[list(suppress)] = True

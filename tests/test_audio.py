@@ -113,3 +113,12 @@ def test_wav_round_trip_and_resampling(tmp_path):
     torch.testing.assert_close(back, tone, atol=1 / 32768 + 1e-6, rtol=0)
     audio.write_wav(tmp_path / "8k.wav", _tone(0.5, rate=8000), sample_rate=8000)
     assert len(audio.read_wav(tmp_path / "8k.wav")) == 8000  # 0.5 s at 16 kHz
+
+
+def test_too_short_or_wrong_inputs_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="too few for frames of 400"):
+        audio.frames(torch.zeros(150))
+    with pytest.raises(TypeError, match="torch.from_numpy"):
+        audio.log_mel(np.zeros(16_000, dtype=np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        audio.write_wav(tmp_path / "x.wav", torch.zeros(2, 100))

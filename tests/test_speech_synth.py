@@ -58,6 +58,15 @@ def test_features_and_model_shapes():
 
 
 @pytest.mark.parametrize("text,digit", [(" Seven.", 7), ("7", 7), ("zero", 0), ("Oh.", 0), ("Two!", 2), ("to", 2),
-                                        ("Seven seven.", 7), ("hello", None), ("one two", None), ("", None)])
+                                        ("Seven seven.", None), ("hello", None), ("one two", None), ("", None),
+                                        ("Thanks for watching!", None), ("I want to go.", None), ("Seven apples", None),
+                                        ("77", None)])
 def test_digit_from_a_transcript(text, digit):
     assert K.digit_from_text(text) == digit
+
+
+def test_spoken_digits_need_a_voice_and_clips_must_be_1d():
+    with pytest.raises(ValueError, match="at least one eSpeak NG voice"):
+        K.make_spoken_digits([])
+    with pytest.raises(ValueError, match="1-D"):
+        K.fit_to_clip(torch.zeros(2, 100))

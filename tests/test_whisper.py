@@ -164,3 +164,15 @@ def test_the_cached_model_transcribes_a_real_recording(tmp_path):
             tokens.append(token)
     text = tokenizer.decode(tokens).lower()
     assert "he was not an" in text and "young man" in text, text
+
+
+def test_bfloat16_and_a_nonzero_key_bias_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="bfloat16"):
+        whisper.write_ctranslate2(tmp_path / "m.bin", {"w": torch.zeros(2, dtype=torch.bfloat16)})
+    variables = _as_ctranslate2(_tiny())
+    name = "encoder/layer_1/self_attention/linear_0/bias"
+    variables[name] = variables[name].clone()
+    variables[name][20] = 1.0  # inside the key's third of the fused bias (width 16)
+    ct2 = whisper.read_ctranslate2(whisper.write_ctranslate2(tmp_path / "m.bin", variables))
+    with pytest.raises(ValueError, match="key bias is not zero"):
+        whisper.convert(ct2)

@@ -92,3 +92,26 @@ def _quiet():
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
     return stack
+
+
+def test_greedy_refuses_a_batch_and_a_too_long_request(tiny):
+    _, ours = tiny
+    with pytest.raises(ValueError, match="one clip"):
+        greedy(ours, torch.randn(2, 8, 40), prompt=[1], end=2)
+    with pytest.raises(ValueError, match="must fit in 16 text positions"):
+        greedy(ours, torch.randn(8, 40), prompt=[1, 5], end=2, max_new_tokens=15)
+
+
+def test_cross_attention_rows_follow_openais_convention(tiny):
+    """Row k of the map is the step that chose token k: its query is the token before it."""
+    from course_lib.audio_plots import cross_attention_map
+
+    _, ours = tiny
+    tokens, cache = greedy(ours, torch.randn(8, 40, generator=torch.Generator().manual_seed(5)), prompt=[1, 3],
+                           end=2, max_new_tokens=4, need_weights=True)
+    steps = torch.cat(cache.cross_weights, dim=3)[:, 0]  # (layers, heads, positions, frames)
+    rows = cross_attention_map(cache.cross_weights, [(1, 0)], len(tokens), 20)
+    expected = steps[1, 0, 1:1 + len(tokens)]  # the prompt's last position chose the first token
+    torch.testing.assert_close(rows, expected / expected.amax(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match="tokens must be between"):
+        cross_attention_map(cache.cross_weights, [(1, 0)], 99, 20)
