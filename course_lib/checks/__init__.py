@@ -124,9 +124,9 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
              ("course_lib.audio:mel_filterbank", "course_lib.audio:hz_to_mel", "course_lib.audio:mel_to_hz"), points=3),
     # normalize stays on: the exercise is the edit distance, and a learner may normalise with the course's rule
     # (like split_heads for 4.3)
-    Exercise("15.2", "word error rate by edit distance", "check_word_error_rate",
+    Exercise("15.2", "the word error rate", "check_word_error_rate",
              ("course_lib.wer:align", "course_lib.wer:word_error_rate")),
-    Exercise("15.3", "one decoding step with cross-attention", "check_cross_attention_step",
+    Exercise("15.3", "one decoding step of cross-attention", "check_cross_attention_step",
              ("course_lib.whisper_model:Attention.forward", "course_lib.whisper_model:cross_attention_step"), points=3),
 )}
 
