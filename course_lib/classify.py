@@ -6,7 +6,7 @@ prediction."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,7 +24,6 @@ class TrainedClassifier:
     seconds: float
     parameters: int
     images_seen: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:

